@@ -1,0 +1,73 @@
+"""Keras builds of the documented models from the shared spec table (channels-last, softmax outputs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from lightning_cnn.specs import ModelSpec, get_spec
+
+VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def _keras_layer(kind: str, options: dict):
+    if kind == "conv2d":
+        return layers.Conv2D(options["filters"], options["kernel_size"], strides=options["strides"],
+                             padding=options["padding"], activation=options["activation"])
+    if kind == "maxpool2d":
+        return layers.MaxPooling2D(options["pool_size"])
+    if kind == "dropout":
+        return layers.Dropout(options["rate"])
+    if kind == "flatten":
+        return layers.Flatten()
+    if kind == "dense":
+        return layers.Dense(options["units"], activation=options["activation"])
+    if kind == "activation":
+        return layers.Activation(options["activation"])
+    raise ValueError(f"unsupported layer kind {kind!r}")
+
+
+def find_vgg16_weights(weights: str | os.PathLike | None) -> Path | None:
+    """A local VGG16 no-top ImageNet weights file: the given path, else the Keras cache, else None."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"VGG16 weights file {path} does not exist; pass the path to {VGG16_NOTOP_FILE}")
+        return path
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / VGG16_NOTOP_FILE
+    return cache if cache.is_file() else None
+
+
+def _build_vgg16_transfer(spec: ModelSpec, weights) -> keras.Model:
+    """Document 003: VGG16 base + a Sequential top, joined functionally; ``model.layers[:15]`` frozen."""
+    path = find_vgg16_weights(weights)
+    if path is None:
+        print(f"[keras_ref] no ImageNet weights ({VGG16_NOTOP_FILE} not given and not in the Keras cache): "
+              "building VGG16 with weights=None (random initialisation)")
+    input_tensor = keras.Input(shape=spec.input_shape)
+    vgg16 = keras.applications.VGG16(include_top=False, weights=str(path) if path else None,
+                                     input_tensor=input_tensor)
+    top_model = keras.Sequential([keras.Input(shape=vgg16.output.shape[1:])]
+                                 + [_keras_layer(kind, options) for kind, options in spec.layers[1:]], name="top_model")
+    model = keras.Model(inputs=vgg16.input, outputs=top_model(vgg16.output), name=spec.id)
+    frozen = 1 + sum(n + 1 for n in (2, 2, 3, 3)[: spec.layers[0][1]["frozen_blocks"]])  # input + convs + pools
+    for layer in model.layers[:frozen]:
+        layer.trainable = False
+    return model
+
+
+def build_model(model_id: str, *, seed: int | None = None, weights: str | os.PathLike | None = None) -> keras.Model:
+    """The documented model ``model_id`` in Keras 3, as its document wrote it (softmax output).
+
+    ``seed`` seeds Keras's initialisers; ``weights`` is a VGG16 no-top weights file (transfer model only).
+    """
+    spec = get_spec(model_id)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    if spec.layers[0][0] == "vgg16_features":
+        return _build_vgg16_transfer(spec, weights)
+    return keras.Sequential([keras.Input(shape=spec.input_shape)]
+                            + [_keras_layer(kind, options) for kind, options in spec.layers], name=spec.id)

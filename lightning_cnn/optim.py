@@ -1,0 +1,87 @@
+"""torch optimizers that take the same steps as Keras 3's, built from a recipe.
+
+Where torch's built-in optimizer computes the same update as Keras's, it is used as is (fast foreach kernels)
+with Keras's hyper-parameters; where the formula differs, the difference is made up here:
+- Adam: Keras adds epsilon to sqrt(v) *after* bias correction ("epsilon hat"), torch before. Feeding torch
+  eps * sqrt(1 - beta2**t) at step t gives exactly Keras's update.
+- RMSprop: Keras divides by sqrt(v + eps), torch by sqrt(v) + eps; torch has no switch for that, so KerasRMSprop
+  implements Keras's formula.
+- Adadelta and SGD with momentum: same formulas; only the defaults differ (epsilon 1e-7, Keras 3 lr 0.001).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .specs import Recipe, optimizer_settings
+
+
+class KerasAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` with Keras's epsilon placement."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-7, **kwargs):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, **kwargs)
+        for group in self.param_groups:
+            group.setdefault("keras_eps", eps)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            t = next((int(self.state[p]["step"]) for p in group["params"] if p in self.state), 0) + 1
+            group["eps"] = group["keras_eps"] * math.sqrt(1 - group["betas"][1] ** t)
+        return super().step(closure)
+
+
+class KerasRMSprop(torch.optim.Optimizer):
+    """RMSprop as Keras 3 computes it: v = rho*v + (1-rho)*g^2; w -= lr*g / sqrt(v + eps) (optional momentum)."""
+
+    def __init__(self, params, lr=1e-3, rho=0.9, eps=1e-7, momentum=0.0):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["square_avg"] = torch.zeros_like(p)
+                    if group["momentum"] > 0:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            square_avgs = [self.state[p]["square_avg"] for p in params]
+            torch._foreach_mul_(square_avgs, group["rho"])
+            torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - group["rho"])
+            denominators = torch._foreach_add(square_avgs, group["eps"])
+            torch._foreach_sqrt_(denominators)
+            increments = torch._foreach_div(grads, denominators)
+            torch._foreach_mul_(increments, group["lr"])
+            if group["momentum"] > 0:
+                buffers = [self.state[p]["momentum_buffer"] for p in params]
+                torch._foreach_mul_(buffers, group["momentum"])
+                torch._foreach_add_(buffers, increments)
+                increments = buffers
+            torch._foreach_sub_(params, increments)
+        return loss
+
+
+def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer with Keras-equivalent settings (see the module docstring)."""
+    s = optimizer_settings(recipe)
+    name = recipe.optimizer
+    if name == "adam":
+        return KerasAdam(params, lr=s["learning_rate"], betas=(s["beta_1"], s["beta_2"]), eps=s["epsilon"])
+    if name == "rmsprop":
+        return KerasRMSprop(params, lr=s["learning_rate"], rho=s["rho"], eps=s["epsilon"], momentum=s["momentum"])
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, lr=s["learning_rate"], rho=s["rho"], eps=s["epsilon"])
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=s["learning_rate"], momentum=s["momentum"])
+    raise ValueError(f"unknown optimizer {name!r} in recipe; supported: adam, rmsprop, adadelta, sgd")
