@@ -1,0 +1,95 @@
+"""Keras-style epoch log and per-epoch history (CSV + learning-curve PNG), written atomically after every epoch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import lightning as L
+
+from .atomic import atomic_path, write_text
+
+# Our metric names -> the names Keras prints in its fit() log and History.
+KERAS_NAMES = {"train_loss": "loss", "train_acc": "accuracy", "val_loss": "val_loss", "val_acc": "val_accuracy"}
+
+
+class EpochHistory(L.Callback):
+    """Prints one Keras-style line per epoch and keeps the history that ``model.fit`` would return.
+
+    Its state travels in checkpoints, so a resumed run's CSV and curves cover the whole run.
+    """
+
+    def __init__(self, out_dir: str | Path | None = None, total_epochs: int | None = None):
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.total_epochs = total_epochs
+        self.rows: list[dict] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch + 1, "seconds": round(time.perf_counter() - self._start, 3)}
+        row.update({name: float(metrics[name]) for name in KERAS_NAMES if name in metrics})
+        self.rows.append(row)
+        if not trainer.is_global_zero:
+            return
+        shown = " - ".join(f"{KERAS_NAMES[k]}: {row[k]:.4f}" for k in KERAS_NAMES if k in row)
+        print(f"Epoch {row['epoch']}/{self.total_epochs or trainer.max_epochs} - {row['seconds']:.1f}s - {shown}",
+              flush=True)
+        if self.out_dir is not None:
+            write_history_csv(self.out_dir / "metrics.csv", self.rows)
+            plot_learning_curves({"lightning": self.rows}, self.out_dir / "learning_curves.png")
+
+    def state_dict(self):
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict):
+        self.rows = list(state_dict.get("rows", []))
+
+    def history(self) -> dict:
+        """The Keras ``History.history`` layout: metric name -> per-epoch list."""
+        keys = [k for k in KERAS_NAMES if any(k in row for row in self.rows)]
+        return {KERAS_NAMES[k]: [row.get(k) for row in self.rows] for k in keys}
+
+
+def write_history_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def plot_learning_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train vs validation, one line style per framework/run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run_name, rows in runs.items():
+        epochs = [row["epoch"] for row in rows]
+        for ax, metric in zip(axes, ("loss", "acc")):
+            for stage, style in (("train", "-o"), ("val", "--s")):
+                values = [row.get(f"{stage}_{metric}") for row in rows]
+                if any(v is not None for v in values):
+                    ax.plot(epochs, values, style, label=f"{run_name} {stage}", markersize=4)
+    for ax, label in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
