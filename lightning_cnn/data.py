@@ -101,8 +101,12 @@ class CorruptDataError(DataError):
 
 
 def keras_cache_dir() -> Path:
-    """``$KERAS_HOME/datasets``, else ``~/.keras/datasets`` (Keras's own rule, so its downloads are found)."""
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "datasets"
+    """Keras's own rule, so that its downloads are found: ``$KERAS_HOME/datasets``, else ``~/.keras/datasets``
+    (``/tmp/.keras/datasets`` when the home folder is not writable)."""
+    if "KERAS_HOME" in os.environ:
+        return Path(os.environ["KERAS_HOME"]).expanduser() / "datasets"
+    home = Path.home()
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras" / "datasets"
 
 
 def _locations(name: str, data_dir) -> list[tuple[str, Path]]:
@@ -191,7 +195,8 @@ def _what_to_put(name: str, where: str) -> str:
         return (f"put mnist.npz, or the four IDX files ({idx}), in {where} "
                 "(the IDX files may also go in a mnist/ or MNIST/raw/ subfolder)")
     if name == "fashion_mnist":
-        return f"put the four Fashion-MNIST IDX files ({idx}) in a fashion-mnist/ or FashionMNIST/raw/ subfolder of {where}"
+        return (f"put the four Fashion-MNIST IDX files ({idx}) in a fashion-mnist/ or FashionMNIST/raw/ "
+                f"subfolder of {where}")
     return (f"put cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/ folder, or a cifar10.npz holding "
             f"x_train, y_train, x_test, y_test in keras load_data() layout) in {where}")
 
@@ -309,7 +314,7 @@ def _read_npz(path: Path, name: str):
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CorruptDataError(f"{path} is not a readable .npz archive ({e}); delete it and get it again.") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CorruptDataError(f"{path} is a single .npy array, not an .npz archive of x_train, y_train, x_test, y_test.")
+        raise CorruptDataError(f"{path} is a single .npy array, not an .npz of x_train, y_train, x_test, y_test.")
     with archive:
         keys = ("x_train", "y_train", "x_test", "y_test")
         missing = [k for k in keys if k not in archive.files]
@@ -341,9 +346,10 @@ def _file_digest(path: Path, algorithm: str) -> str:
 
 # The only globals a CIFAR-10 batch needs: numpy array reconstruction (numpy 1 and 2 spellings) and, for batches
 # pickled by Python 3 with protocol 2, codecs.encode (how such pickles store bytes). Nothing is imported by name.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's own array rebuilder, whatever module it lives in
 _PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): codecs.encode,
@@ -422,7 +428,9 @@ def _read_cifar_tar(path: Path) -> list:
         ) from None
     missing = [batch for batch in _CIFAR_BATCHES if batch not in found]
     if missing:
-        raise CorruptDataError(f"{path} lacks cifar-10-batches-py/{', '.join(missing)}: it is not cifar-10-python.tar.gz.")
+        raise CorruptDataError(
+            f"{path} lacks cifar-10-batches-py/{', '.join(missing)}: it is not the complete cifar-10-python.tar.gz."
+        )
     return [found[batch] for batch in _CIFAR_BATCHES]
 
 
@@ -504,7 +512,10 @@ def _download(name: str) -> _Source:
     cache = keras_cache_dir()
     for url, relative, checksum in _DOWNLOADS[name]:
         if not (cache / relative).is_file():
-            download_file(url, cache / relative, checksum)
+            try:
+                download_file(url, cache / relative, checksum)
+            except OSError as e:  # the cache folder cannot be created or written
+                raise DataNotFoundError(f"cannot save {relative} into {cache}: {e}") from None
     return _find_in(name, cache)
 
 

@@ -84,8 +84,9 @@ def real_idx(data_dir: Path, name: str) -> bytes:
 
 def test_mnist_has_keras_layout_and_documented_label_counts(mnist):
     (x_train, y_train), (x_test, y_test) = mnist
-    assert (x_train.shape, x_train.dtype, y_train.shape, y_train.dtype) == ((60000, 28, 28), np.uint8, (60000,), np.uint8)
-    assert (x_test.shape, x_test.dtype, y_test.shape, y_test.dtype) == ((10000, 28, 28), np.uint8, (10000,), np.uint8)
+    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == ((60000, 28, 28), (60000,), (10000, 28, 28),
+                                                                          (10000,))
+    assert x_train.dtype == y_train.dtype == x_test.dtype == y_test.dtype == np.uint8
     assert np.bincount(y_train).tolist() == MNIST_TRAIN_COUNTS
     assert np.bincount(y_test).tolist() == MNIST_TEST_COUNTS
     assert x_train.max() == 255 and x_train.min() == 0
@@ -113,8 +114,9 @@ def test_partial_cifar10_test_set_needs_explicit_consent(data_dir):
 
 def test_cifar10_npz_is_real_cifar_in_keras_layout(cifar):
     (x_train, y_train), (x_test, y_test) = cifar
-    assert (x_train.shape, x_train.dtype, y_train.shape, y_train.dtype) == ((50000, 32, 32, 3), np.uint8, (50000, 1), np.uint8)
-    assert (x_test.shape, x_test.dtype, y_test.shape, y_test.dtype) == ((1000, 32, 32, 3), np.uint8, (1000, 1), np.uint8)
+    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == ((50000, 32, 32, 3), (50000, 1),
+                                                                          (1000, 32, 32, 3), (1000, 1))
+    assert x_train.dtype == y_train.dtype == x_test.dtype == y_test.dtype == np.uint8
     assert x_train[0, 0, 0].tolist() == [59, 62, 63] and x_test[0, 0, 0].tolist() == [158, 112, 49]
     assert np.bincount(y_train[:, 0]).tolist() == [5000] * 10
     np.testing.assert_allclose(x_train.mean(axis=(0, 1, 2)) / 255, [0.4914, 0.4822, 0.4465], atol=1e-4)
@@ -185,7 +187,8 @@ def test_empty_folder_lists_every_place_searched(isolated, name):
     for folder in search_locations(name, isolated / "empty"):
         assert str(folder) in message
     assert "download=False" in message
-    assert {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/", "cifar10": "cifar-10-python.tar.gz"}[name] in message
+    what_to_put = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/", "cifar10": "cifar-10-python.tar.gz"}
+    assert what_to_put[name] in message
 
 
 def test_download_false_never_touches_the_network(isolated, monkeypatch):
@@ -359,9 +362,24 @@ def test_genuine_format_cifar10_batches(isolated, small_cifar, form):
     write_cifar(isolated / "d", form, images, labels)
     (x_train, y_train), (x_test, y_test) = load_dataset("cifar10", isolated / "d")
     assert np.array_equal(x_train, images[:5 * PER_BATCH]) and np.array_equal(x_test, images[5 * PER_BATCH:])
-    assert np.array_equal(y_train[:, 0], labels[:5 * PER_BATCH]) and np.array_equal(y_test[:, 0], labels[5 * PER_BATCH:])
+    assert np.array_equal(y_train[:, 0], labels[:5 * PER_BATCH])
+    assert np.array_equal(y_test[:, 0], labels[5 * PER_BATCH:])
     assert (x_train.dtype, y_train.dtype, y_train.shape, x_test.shape) == (
         np.uint8, np.uint8, (5 * PER_BATCH, 1), (PER_BATCH, 32, 32, 3))
+
+
+def test_cifar10_in_the_keras_3_cache_layout(isolated, small_cifar):
+    images, labels = small_cifar
+    write_cifar(isolated / "keras_home" / "datasets" / "cifar-10-batches-py-target", "dir", images, labels)
+    (x_train, _), _ = load_dataset("cifar10", download=False)
+    assert np.array_equal(x_train, images[:5 * PER_BATCH])
+
+
+def test_incomplete_cifar10_folder_names_the_missing_batch(isolated, small_cifar):
+    write_cifar(isolated / "d", "dir", *small_cifar)
+    (isolated / "d" / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataNotFoundError, match="lacks test_batch"):
+        load_dataset("cifar10", isolated / "d")
 
 
 @pytest.mark.parametrize("form", ["dir", "tar"])

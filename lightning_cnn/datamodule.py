@@ -1,0 +1,237 @@
+"""Lightning side of the data layer: the documents' splits as in-memory NCHW tensors, served in Keras order.
+
+The data sets fit in memory, so batches are sliced straight from tensors (no per-sample ``__getitem__``, no
+worker processes). Splits follow Keras: ``validation_split`` takes the last fraction of the arrays before any
+shuffling; training batches come from a fresh permutation each epoch and keep the last partial batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import lightning as L
+import numpy as np
+import torch
+
+from lightning_cnn.data import CLASS_NAMES, DATASETS, PREPROCESSING, TEST_SIZE, load_dataset, preprocess
+
+if TYPE_CHECKING:
+    from lightning_cnn.specs import ModelSpec
+
+_PREPROCESS_CHUNK = 5_000  # images converted at a time, so the float32 NHWC copy never exists in full
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 64-bit seed for (seed, epoch): no two runs or epochs share a permutation by accident."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+
+
+def shard_indices(n: int, *, rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0,
+                  epoch: int = 0, pad: bool = False) -> torch.Tensor:
+    """The sample indices one rank visits in one epoch.
+
+    Every rank draws the same permutation; rank r takes ``order[r::world_size]``. With ``pad`` (training) the
+    order is first extended by repeating its start to a multiple of ``world_size``, as DistributedSampler does,
+    so every rank runs the same number of steps. Without it (evaluation) each sample is seen exactly once.
+    """
+    if shuffle:
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.arange(n)
+    if world_size > 1:
+        if pad and n % world_size:
+            total = math.ceil(n / world_size) * world_size
+            order = order.repeat(math.ceil(total / n))[:total]
+        order = order[rank::world_size]
+    return order
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class InMemoryLoader:
+    """Batches ``(x, y)`` sliced from in-memory tensors; shards by rank when torch.distributed is initialized.
+
+    ``sampler`` is the loader itself, so Lightning's ``_set_sampler_epoch`` (which calls ``set_epoch`` on
+    ``dataloader.sampler``) gives each epoch its own permutation, the same one again when a run resumes.
+    ``pad_shards`` (default: ``shuffle``, i.e. training) evens out ranks like DistributedSampler; evaluation
+    loaders leave shards uneven so that no sample is counted twice.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False, *, pad_shards: bool | None = None, pin_memory: bool = False):
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.pad_shards = shuffle if pad_shards is None else pad_shards
+        self.pin_memory = pin_memory
+        self.epoch = 0
+
+    batch_sampler = None  # with ``sampler``, what Lightning inspects on anything that looks like a DataLoader
+
+    @property
+    def sampler(self) -> InMemoryLoader:
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _samples_on_this_rank(self, rank: int, world_size: int) -> int:
+        n = len(self.x)
+        return math.ceil(n / world_size) if self.pad_shards else len(range(rank, n, world_size))
+
+    def __len__(self) -> int:
+        samples = self._samples_on_this_rank(*_rank_and_world())
+        return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
+
+    def __iter__(self):
+        rank, world_size = _rank_and_world()
+        contiguous = not self.shuffle and world_size == 1  # plain slices: views, no copy
+        indices = None if contiguous else shard_indices(
+            len(self.x), rank=rank, world_size=world_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+            pad=self.pad_shards)
+        n = len(self.x) if contiguous else len(indices)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            if contiguous:
+                xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+            else:
+                batch = indices[start:start + self.batch_size]
+                xb, yb = self.x[batch], self.y[batch]
+            if self.pin_memory:
+                xb, yb = xb.pin_memory(), yb.pin_memory()
+            yield xb, yb
+
+
+def _to_nchw(x: np.ndarray, kind: str) -> torch.Tensor:
+    """uint8 NHW(C) -> preprocessed float32 NCHW tensor, converted in chunks to bound peak memory."""
+    first = preprocess(x[:1], kind)
+    out = torch.empty((len(x), first.shape[3], first.shape[1], first.shape[2]), dtype=torch.float32)
+    for start in range(0, len(x), _PREPROCESS_CHUNK):
+        chunk = preprocess(x[start:start + _PREPROCESS_CHUNK], kind)
+        out[start:start + len(chunk)] = torch.from_numpy(chunk).permute(0, 3, 1, 2)
+    return out
+
+
+def _labels(y: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(y.reshape(-1).astype(np.int64))
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """A data set split the way a document split it, as NCHW float32 tensors and int64 labels.
+
+    - ``train_subset=N``: train on the first N training images (document 003).
+    - ``validation_split=f``: validate on the last ``len - floor(len * (1 - f))`` training images, Keras's exact
+      split (after ``train_subset``, before shuffling).
+    - ``validation_test_head=N``: validate on the first N test images (document 003's ``validation_data``).
+    - neither: no validation; ``val_dataloader()`` returns ``[]``, which Lightning skips.
+    The test and predict loaders serve the whole test set. ``test_is_partial`` says whether it is shorter than
+    the official 10,000 images (only possible with ``allow_partial_test=True``).
+    """
+
+    def __init__(self, dataset: str, data_dir=None, batch_size: int = 32, validation_split: float = 0.0,
+                 preprocessing: str = "scale_255", train_subset: int | None = None,
+                 validation_test_head: int | None = None, seed: int = 0, allow_partial_test: bool = False,
+                 download: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}")
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"unknown preprocessing {preprocessing!r}; known: {', '.join(PREPROCESSING)}")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if validation_split and validation_test_head:
+            raise ValueError("give validation_split or validation_test_head, not both")
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.validation_split = validation_split
+        self.preprocessing = preprocessing
+        self.train_subset = train_subset
+        self.validation_test_head = validation_test_head
+        self.seed = seed
+        self.allow_partial_test = allow_partial_test
+        self.download = download
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.num_classes = len(CLASS_NAMES[dataset])
+        self.class_names = CLASS_NAMES[dataset]
+        self.x_train = self.y_train = self.x_val = self.y_val = self.x_test = self.y_test = None
+        self.test_is_partial = False
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **overrides) -> ArrayDataModule:
+        """The data module for a documented model: its data set, preprocessing and recipe's split and batch size."""
+        recipe = spec.recipe
+        settings = dict(dataset=spec.dataset, preprocessing=spec.preprocessing, batch_size=recipe.batch_size,
+                        validation_split=recipe.validation_split, train_subset=recipe.train_subset,
+                        validation_test_head=recipe.validation_test_head)
+        return cls(**{**settings, **overrides})
+
+    def _load(self):
+        return load_dataset(self.dataset, self.data_dir, download=self.download,
+                            allow_partial_test=self.allow_partial_test)
+
+    def prepare_data(self) -> None:
+        """Find, download if needed, and validate the data once, before any other process needs it."""
+        self._load()
+
+    def _split(self, x_train, y_train, x_test, y_test) -> dict:
+        """The documents' splits as numpy views: {"train": (x, y), "val": (x, y) or None, "test": (x, y)}."""
+        if self.train_subset is not None:
+            if not 0 < self.train_subset <= len(x_train):
+                raise ValueError(f"train_subset={self.train_subset} but there are {len(x_train):,} training images")
+            x_train, y_train = x_train[:self.train_subset], y_train[:self.train_subset]
+        val = None
+        if self.validation_split:
+            split_at = int(math.floor(len(x_train) * (1.0 - self.validation_split)))  # keras train_validation_split
+            if split_at in (0, len(x_train)):
+                raise ValueError(f"{len(x_train)} training images cannot be split by "
+                                 f"validation_split={self.validation_split}")
+            val = (x_train[split_at:], y_train[split_at:])
+            x_train, y_train = x_train[:split_at], y_train[:split_at]
+        elif self.validation_test_head:
+            if self.validation_test_head > len(x_test):
+                raise ValueError(f"validation_test_head={self.validation_test_head} but there are only "
+                                 f"{len(x_test):,} test images")
+            val = (x_test[:self.validation_test_head], y_test[:self.validation_test_head])
+        return {"train": (x_train, y_train), "val": val, "test": (x_test, y_test)}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the tensors the stage needs (all of them for ``stage=None``); calling again is cheap."""
+        (x_train, y_train), (x_test, y_test) = self._load()
+        self.test_is_partial = len(x_test) < TEST_SIZE
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        parts = self._split(x_train, y_train, x_test, y_test)
+        for part in needed.get(stage, ("train", "val", "test")):
+            if getattr(self, f"x_{part}") is None and parts[part] is not None:
+                x, y = parts[part]
+                setattr(self, f"x_{part}", _to_nchw(x, self.preprocessing))
+                setattr(self, f"y_{part}", _labels(y))
+
+    def _loader(self, x, y, train: bool) -> InMemoryLoader:
+        return InMemoryLoader(x, y, self.batch_size if train else self.eval_batch_size, shuffle=train,
+                              seed=self.seed, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> InMemoryLoader:
+        return self._loader(self.x_train, self.y_train, train=True)
+
+    def val_dataloader(self) -> InMemoryLoader | list:
+        return [] if self.x_val is None else self._loader(self.x_val, self.y_val, train=False)
+
+    def test_dataloader(self) -> InMemoryLoader:
+        return self._loader(self.x_test, self.y_test, train=False)
+
+    def predict_dataloader(self) -> InMemoryLoader:
+        return self._loader(self.x_test, self.y_test, train=False)
