@@ -42,7 +42,7 @@ class KerasRecipeModule(L.LightningModule):
         self.spec = get_spec(model_id)
         self.model = build_model(model_id, init=init, seed=seed)
         classes = self.spec.num_classes
-        self.stage_metrics = torch.nn.ModuleDict({s: StageMetrics(classes) for s in ("train", "val", "test")})
+        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(classes) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -51,7 +51,7 @@ class KerasRecipeModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y)
-        metrics = self.stage_metrics[stage]
+        metrics = getattr(self, f"{stage}_metrics")
         metrics.update(loss, logits, y)
         # Metric objects are logged, not tensors: no host sync per step; Lightning computes and syncs at epoch end.
         self.log(f"{stage}_loss", metrics.loss, on_step=False, on_epoch=True, prog_bar=stage != "test")

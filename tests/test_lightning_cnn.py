@@ -1,0 +1,214 @@
+"""The Lightning side: models, recipes, train.py (fast-dev-run, real training, resume, bf16, DDP) and predict.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lightning_cnn
+from lightning_cnn.models import count_params
+from lightning_cnn.optim import KerasAdam, KerasRMSprop, make_optimizer
+from lightning_cnn.specs import get_spec
+from lightning_cnn.training import RunConfig, UsageError, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Parameter counts as SPEC.md states them (total, trainable).
+SPEC_PARAMS = {
+    "mnist_cnn_tf_tutorial": (93_322, 93_322),
+    "mnist_mlp_128_64": (109_386, 109_386),
+    "mnist_cnn_small": (30_762, 30_762),
+    "mnist_cnn_qiita": (122_922, 122_922),
+    "mnist_cnn_dropout": (217_838, 217_838),
+    "cifar10_cnn": (1_250_858, 1_250_858),
+    "cifar10_vgg16_transfer": (14_848_586, 7_213_322),
+    "mnist_mlp_t9_1": (50_890, 50_890),
+    "mnist_mlp_t9_2": (50_890, 50_890),
+    "mnist_mlp_t9_3": (101_770, 101_770),
+    "mnist_mlp_t9_4": (101_770, 101_770),
+    "mnist_mlp_t9_5": (109_386, 109_386),
+    "mnist_mlp_t9_6": (101_770, 101_770),
+    "mnist_mlp_t9_7": (101_770, 101_770),
+    "mnist_mlp_t9_8": (101_770, 101_770),
+}
+
+
+def script(name, *args, env=None, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def test_every_id_is_listed_and_builds_with_spec_counts():
+    assert sorted(lightning_cnn.list_models()) == sorted(SPEC_PARAMS)
+    for model_id, (total, trainable) in SPEC_PARAMS.items():
+        model = lightning_cnn.build_model(model_id)
+        h, w, c = get_spec(model_id).input_shape
+        assert (count_params(model), count_params(model, trainable_only=True)) == (total, trainable), model_id
+        assert model(torch.zeros(3, c, h, w)).shape == (3, 10), model_id
+
+
+def test_unknown_id_names_the_valid_ones():
+    with pytest.raises(lightning_cnn.UnknownModelError, match="valid ids: .*mnist_cnn_small"):
+        lightning_cnn.build_model("mnist_cnn_huge")
+
+
+def test_keras_initialisation_is_the_default_and_torch_init_is_available():
+    keras_init = lightning_cnn.build_model("mnist_cnn_small", seed=0)
+    torch_init = lightning_cnn.build_model("mnist_cnn_small", init="torch", seed=0)
+    dense = keras_init.dense.weight
+    limit = (6 / (dense.shape[0] + dense.shape[1])) ** 0.5  # glorot_uniform's bound
+    assert dense.abs().max() <= limit and dense.abs().max() > 0.9 * limit
+    assert all(torch.count_nonzero(m.bias) == 0 for m in (keras_init.conv2d, keras_init.dense))
+    assert torch.count_nonzero(torch_init.conv2d.bias) > 0  # torch's default init draws biases
+    again = lightning_cnn.build_model("mnist_cnn_small", seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(keras_init.parameters(), again.parameters()))
+
+
+def test_recipe_optimizers_have_keras_settings():
+    params = lambda: [torch.nn.Parameter(torch.zeros(2))]  # noqa: E731
+    adam = make_optimizer(params(), get_spec("mnist_cnn_small").recipe)
+    assert isinstance(adam, KerasAdam) and adam.param_groups[0]["keras_eps"] == 1e-7
+    rmsprop = make_optimizer(params(), get_spec("cifar10_cnn").recipe)
+    assert isinstance(rmsprop, KerasRMSprop)
+    assert rmsprop.defaults["lr"] == 1e-4 and rmsprop.defaults["rho"] == 0.9 and rmsprop.defaults["eps"] == 1e-7
+    adadelta = make_optimizer(params(), get_spec("mnist_cnn_dropout").recipe)
+    assert isinstance(adadelta, torch.optim.Adadelta)
+    assert adadelta.defaults["lr"] == 1.0 and adadelta.defaults["rho"] == 0.95 and adadelta.defaults["eps"] == 1e-7
+    sgd = make_optimizer(params(), get_spec("cifar10_vgg16_transfer").recipe)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["lr"] == 1e-4 and sgd.defaults["momentum"] == 0.9
+    sgd_default = make_optimizer(params(), get_spec("mnist_mlp_t9_1").recipe)
+    assert sgd_default.defaults["lr"] == 0.01 and sgd_default.defaults["momentum"] == 0.0
+
+
+def test_fast_dev_run_on_real_data(data_dir, tmp_path):
+    result = script("train.py", "--fast-dev-run", "--data-dir", data_dir, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Total params: 30,762" in result.stdout
+    assert "Test accuracy:" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_small(data_dir, tmp_path_factory):
+    """mnist_cnn_small, one epoch on the first 600 batches (19,200 images) of real MNIST."""
+    out = tmp_path_factory.mktemp("small")
+    result = run(RunConfig(data_dir=str(data_dir), out=str(out), epochs=1, limit_train_batches=600,
+                           metrics_json=str(out / "metrics.json"), seed=0))
+    return out, result
+
+
+def test_short_real_training_reaches_stated_accuracy(trained_small):
+    out, result = trained_small
+    # One epoch on a third of MNIST: Keras's recipe gets ~97% here; 96% leaves room for seed noise, and a broken
+    # loss, optimizer or data pipeline lands far below it.
+    assert result["test_accuracy"] >= 0.96
+    assert result["test_samples"] == 10_000
+    assert result["train_samples_last_epoch"] == 600 * 32
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.csv", "learning_curves.png"):
+        assert (out / name).is_file(), name
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,seconds,train_loss")
+
+
+def _final_weights(path):
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+def test_resume_continues_to_the_same_result(data_dir, tmp_path):
+    # mnist_cnn_dropout has dropout (RNG), a validation split and EarlyStopping: the hardest case for resume.
+    common = dict(model="mnist_cnn_dropout", data_dir=str(data_dir), limit_train_batches=20, limit_val_batches=5,
+                  seed=3, verbose=False)
+    straight = run(RunConfig(out=str(tmp_path / "straight"), epochs=2, **common))
+    run(RunConfig(out=str(tmp_path / "resumed"), epochs=1, **common))
+    resumed = run(RunConfig(out=str(tmp_path / "resumed"), epochs=2,
+                            resume=str(tmp_path / "resumed/checkpoints/last.ckpt"), **common))
+    a = _final_weights(tmp_path / "straight/checkpoints/last.ckpt")
+    b = _final_weights(tmp_path / "resumed/checkpoints/last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["history"] == straight["history"]
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+
+def test_bf16_mixed_on_cpu(data_dir, tmp_path):
+    result = run(RunConfig(data_dir=str(data_dir), out=str(tmp_path), epochs=1, limit_train_batches=300,
+                           precision="bf16-mixed", seed=0, verbose=False))
+    # bf16 autocast loses mantissa bits, not learning: 300 batches still give > 93% (fp32 gives ~96%).
+    assert result["test_accuracy"] > 0.93
+
+
+def test_ddp_two_cpu_processes_see_each_sample_once(data_dir, tmp_path):
+    # cifar10_cnn's recipe trains on 300 images and validates on 100: small enough to count exactly.
+    metrics = tmp_path / "ddp.json"
+    result = script("train.py", "--model", "cifar10_cnn", "--accelerator", "cpu", "--devices", 2, "--strategy",
+                    "ddp", "--epochs", 2, "--data-dir", data_dir, "--allow-partial-test", "--out", tmp_path / "run",
+                    "--metrics-json", metrics)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(metrics.read_text())
+    assert saved["train_samples_last_epoch"] == 300  # summed over both processes: each sample exactly once
+    assert saved["test_samples"] == 1000 and saved["test_is_partial"]
+    assert len(saved["history"]["val_loss"]) == 2
+    assert "first 1,000 test images" in result.stdout
+
+
+def test_gpu_request_without_gpu_is_one_clear_line(data_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the error path is for machines without one")
+    result = script("train.py", "--accelerator", "gpu", "--data-dir", data_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "no CUDA GPU" in result.stderr
+    with pytest.raises(UsageError):
+        run(RunConfig(accelerator="gpu"))
+
+
+def test_unknown_model_on_the_command_line(data_dir):
+    result = script("train.py", "--model", "nope", "--data-dir", data_dir)
+    assert result.returncode == 2 and "mnist_cnn_small" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_on_images_the_test_writes(trained_small, data_dir, tmp_path):
+    from PIL import Image
+
+    from lightning_cnn.data import load_dataset
+
+    out, _ = trained_small
+    _, (x_test, y_test) = load_dataset("mnist", data_dir)
+    files = []
+    for i in range(5):  # drawn the way a user would: dark ink on white paper, larger than 28x28
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(255 - x_test[i]).resize((112, 112), Image.NEAREST).save(path)
+        files.append(path)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    result = script("predict.py", "--checkpoint", out / "checkpoints/best.ckpt", *files, tmp_path / "empty.png",
+                    tmp_path / "junk.jpg", "--test-indices", 0, 1, "--data-dir", data_dir,
+                    "--json", tmp_path / "pred.json")
+    assert result.returncode == 1  # some inputs failed, the rest were answered
+    assert "empty.png" in result.stderr and "junk.jpg" in result.stderr
+    records = json.loads((tmp_path / "pred.json").read_text())
+    assert len(records) == 7
+    for record in records:
+        assert abs(sum(record["probabilities"]) - 1) < 1e-5 and len(record["probabilities"]) == 10
+    predicted = [int(r["predicted"]) for r in records[:5]]
+    assert sum(p == int(y) for p, y in zip(predicted, y_test[:5])) >= 4
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_a_checkpoint_with_code_in_it_is_refused(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": _Payload()}))
+    result = script("predict.py", "--checkpoint", evil, "--test-indices", 0)
+    assert result.returncode == 2 and "cannot read checkpoint" in result.stderr
+    assert not (REPO / "PWNED_BY_CHECKPOINT").exists()
