@@ -101,6 +101,7 @@ def run(config: RunConfig) -> dict:
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=config.resume)
     fit_seconds = time.perf_counter() - started
+    train_samples = int(trainer.callback_metrics.get("train_samples", torch.tensor(0)).item())  # before test resets
     test = trainer.test(module, datamodule=data, verbose=False)[0]
     result = {
         "model": spec.id,
@@ -114,7 +115,7 @@ def run(config: RunConfig) -> dict:
         "history": history.history(),
         "seconds_per_epoch": [row["seconds"] for row in history.rows],
         "fit_seconds": round(fit_seconds, 2),
-        "train_samples_last_epoch": int(trainer.callback_metrics.get("train_samples", torch.tensor(0)).item()),
+        "train_samples_last_epoch": train_samples,
         "best_checkpoint": str(out / "checkpoints" / "best.ckpt"),
         "config": {k: v for k, v in asdict(config).items() if k != "extra"},
         "command": " ".join([Path(sys.executable).name] + sys.argv),
