@@ -550,8 +550,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     The arrays are read-only (they are cached for the process): copy before modifying. A test set shorter than
     the official 10,000 images (e.g. the 1,000-image shared CIFAR-10 npz) is refused unless
     ``allow_partial_test``. Raises a DataError subclass with a complete user-facing message.
+    ``LIGHTNING_CNN_OFFLINE=1`` in the environment forbids downloading (CI sets it).
     """
     _check_name(name)
+    download = download and os.environ.get("LIGHTNING_CNN_OFFLINE", "") in ("", "0")
     source = _locate(name, data_dir, download)
     x_train, y_train, x_test, y_test = _load_cached(name, source)
     n_test = _expected_sizes(name)[1]

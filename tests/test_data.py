@@ -534,3 +534,18 @@ def test_data_layer_imports_neither_torch_nor_tensorflow():
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported.isdisjoint({"torch", "tensorflow", "keras", "lightning", "torchvision"}), imported
+
+
+def test_offline_environment_variable_forbids_downloading(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the data layer tried to download although LIGHTNING_CNN_OFFLINE=1")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setenv("LIGHTNING_CNN_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("LIGHTNING_CNN_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DataNotFoundError, match="mnist.npz"):
+        data.load_dataset("mnist", download=True)
