@@ -12,7 +12,7 @@ import pytest
 def data_dir() -> Path:
     """The folder with the real data files. Missing data fails the test: a silent skip would hide a broken CI."""
     env = os.environ.get("LIGHTNING_CNN_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    path = Path(env).resolve() if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not path.is_dir():
         pytest.fail(
             f"real test data folder {path} does not exist; set LIGHTNING_CNN_DATA to the shared data folder "

@@ -45,8 +45,12 @@ def digest(path: Path, algorithm: str) -> str:
 
 @pytest.fixture
 def isolated(monkeypatch, tmp_path) -> Path:
-    """No $LIGHTNING_CNN_DATA, an empty Keras cache and an empty cwd (torchvision root), all under tmp_path."""
+    """No $LIGHTNING_CNN_DATA, an empty Keras cache and an empty cwd (torchvision root), all under tmp_path.
+
+    Downloads are allowed here (CI sets LIGHTNING_CNN_OFFLINE): these tests only ever download file:// URLs.
+    """
     monkeypatch.delenv("LIGHTNING_CNN_DATA", raising=False)
+    monkeypatch.delenv("LIGHTNING_CNN_OFFLINE", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
