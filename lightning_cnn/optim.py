@@ -2,8 +2,10 @@
 
 Where torch's built-in optimizer computes the same update as Keras's, it is used as is (fast foreach kernels)
 with Keras's hyper-parameters; where the formula differs, the difference is made up here:
-- Adam: Keras adds epsilon to sqrt(v) *after* bias correction ("epsilon hat"), torch before. Feeding torch
-  eps * sqrt(1 - beta2**t) at step t gives exactly Keras's update.
+- Adam: Keras adds epsilon to the *uncorrected* sqrt(v) and folds both bias corrections into the step size
+  (lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)); torch adds it to the bias-corrected
+  sqrt(v / (1 - beta2**t)). The two agree when torch gets eps / sqrt(1 - beta2**t) at step t (31.6 * eps at
+  step 1, tending to eps), which gives exactly Keras's update.
 - RMSprop: Keras divides by sqrt(v + eps), torch by sqrt(v) + eps; torch has no switch for that, so KerasRMSprop
   implements Keras's formula.
 - Adadelta and SGD with momentum: same formulas; only the defaults differ (epsilon 1e-7, Keras 3 lr 0.001).
@@ -30,7 +32,7 @@ class KerasAdam(torch.optim.Adam):
     def step(self, closure=None):
         for group in self.param_groups:
             t = next((int(self.state[p]["step"]) for p in group["params"] if p in self.state), 0) + 1
-            group["eps"] = group["keras_eps"] * math.sqrt(1 - group["betas"][1] ** t)
+            group["eps"] = group["keras_eps"] / math.sqrt(1 - group["betas"][1] ** t)
         return super().step(closure)
 
 
