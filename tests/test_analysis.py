@@ -102,7 +102,7 @@ def test_bands_cover_every_mnist_id_as_documented():
     assert bands["mnist_cnn_small"].low == pytest.approx(98.12)
     assert (bands["mnist_cnn_qiita"].metric, bands["mnist_cnn_qiita"].low) == ("train_acc", 98.5)
     assert (bands["mnist_cnn_dropout"].metric, bands["mnist_cnn_dropout"].low) == ("val_acc", pytest.approx(97.9))
-    assert bands["mnist_mlp_128_64"].low == 97.0 and bands["mnist_mlp_128_64"].reason
+    assert bands["mnist_mlp_128_64"].low == 96.5 and bands["mnist_mlp_128_64"].reason
     for row, (*_, test_acc) in enumerate(TABLE9, start=1):
         band = bands[f"mnist_mlp_t9_{row}"]
         assert (band.low, band.high) == (pytest.approx(test_acc - 1), pytest.approx(test_acc + 1))
