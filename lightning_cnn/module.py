@@ -36,16 +36,19 @@ class KerasRecipeModule(L.LightningModule):
     integer and one-hot labels, so the datamodule always supplies integer labels.
     """
 
-    def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None):
+    def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None,
+                 channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_spec(model_id)
         self.model = build_model(model_id, init=init, seed=seed)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         classes = self.spec.num_classes
         self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(classes) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(x.contiguous(memory_format=self.memory_format))
 
     def _step(self, batch, stage: str):
         x, y = batch

@@ -1,0 +1,294 @@
+"""Training and inference throughput: Keras 3 (model.fit) vs a plain PyTorch loop vs this project's Lightning.
+
+    python scripts/bench.py --data-dir ../shared/data                       # the issue's table, float32
+    python scripts/bench.py --models mnist_cnn_small --batch-sizes 32 --precision bf16-mixed
+    python scripts/bench.py --smoke                                         # seconds-long CI check
+
+Each (model, batch size, precision, contender) runs in its own process, one after another, so frameworks never
+share thread pools and peak memory is per contender. Throughput is images/s of steady-state training: after
+warm-up steps, the median of several timed windows. Inference is predict over the 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+CONTENDERS = ("keras", "plain_torch", "lightning")
+
+
+def _windows(stamps: list[float], batch_size: int, warmup: int, window: int) -> float:
+    """Median images/s over consecutive windows of ``window`` steps after ``warmup`` steps."""
+    rates = [window * batch_size / (stamps[i + window] - stamps[i])
+             for i in range(warmup, len(stamps) - window, window)]
+    return statistics.median(rates)
+
+
+def _train_arrays(spec, data_dir, n):
+    from lightning_cnn.data import load_dataset, preprocess
+
+    (x, y), (x_test, _) = load_dataset(spec.dataset, data_dir, allow_partial_test=True)
+    return preprocess(x[:n], spec.preprocessing), y[:n].reshape(-1).astype("int64"), \
+        preprocess(x_test, spec.preprocessing)
+
+
+def _torch_tensors(x, y, x_test, channels_last=False):
+    import torch
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    as_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=fmt)  # noqa: E731
+    return as_nchw(x), torch.from_numpy(y), as_nchw(x_test)
+
+
+def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window):
+    import keras
+
+    import keras_ref
+    from keras_ref.training import compile_model
+
+    if precision == "bf16-mixed":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = keras_ref.build_model(spec.id, seed=0)
+    compile_model(model, spec)
+    labels = keras.utils.to_categorical(y, 10) if spec.recipe.loss == "categorical_crossentropy" else y
+    stamps: list[float] = []
+
+    class Stamp(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            stamps.append(time.perf_counter())
+
+    stamps.append(time.perf_counter())
+    model.fit(x, labels, batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=[Stamp()])
+    model.predict(x_test[:batch_size * 4], batch_size=batch_size, verbose=0)  # warm the predict function
+    start = time.perf_counter()
+    model.predict(x_test, batch_size=batch_size, verbose=0)
+    return _windows(stamps, batch_size, warmup, window), len(x_test) / (time.perf_counter() - start)
+
+
+def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last):
+    """The loop a PyTorch user writes by hand: slices of in-memory tensors, the recipe's optimizer, no framework."""
+    import torch
+    import torch.nn.functional as F
+
+    import lightning_cnn
+    from lightning_cnn.optim import make_optimizer
+
+    torch.manual_seed(0)
+    model = lightning_cnn.build_model(spec.id, seed=0)
+    xt, yt, xt_test = _torch_tensors(x, y, x_test, channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.recipe)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    stamps = [time.perf_counter()]
+    order = torch.randperm(len(xt))
+    model.train()
+    for start in range(0, steps * batch_size, batch_size):
+        index = order[start:start + batch_size]
+        with autocast:
+            loss = F.cross_entropy(model(xt[index]).float(), yt[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stamps.append(time.perf_counter())
+    model.eval()
+    with torch.inference_mode(), autocast:
+        model(xt_test[:batch_size])
+        start = time.perf_counter()
+        for i in range(0, len(xt_test), batch_size):
+            torch.softmax(model(xt_test[i:i + batch_size]).float(), dim=1)
+    return _windows(stamps, batch_size, warmup, window), len(xt_test) / (time.perf_counter() - start)
+
+
+def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last):
+    """This project's training path: KerasRecipeModule + InMemoryLoader under a Lightning Trainer."""
+    import lightning as L
+    import torch
+
+    from lightning_cnn.datamodule import InMemoryLoader
+    from lightning_cnn.module import KerasRecipeModule
+
+    L.seed_everything(0, verbose=False)
+    module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last)
+    xt, yt, xt_test = _torch_tensors(x, y, x_test, channels_last)
+    stamps: list[float] = []
+
+    class Stamp(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            stamps.append(time.perf_counter())
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps, max_epochs=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Stamp()])
+    stamps.append(time.perf_counter())
+    trainer.fit(module, train_dataloaders=InMemoryLoader(xt, yt, batch_size, shuffle=True))
+    test_loader = InMemoryLoader(xt_test, torch.zeros(len(xt_test), dtype=torch.long), batch_size, shuffle=False)
+    trainer.predict(module, dataloaders=InMemoryLoader(xt_test[:batch_size], yt[:batch_size], batch_size, False))
+    start = time.perf_counter()
+    trainer.predict(module, dataloaders=test_loader)
+    return _windows(stamps, batch_size, warmup, window), len(xt_test) / (time.perf_counter() - start)
+
+
+def worker(args) -> dict:
+    """One contender in this process; prints one JSON record."""
+    import lightning_cnn  # noqa: F401  (before TensorFlow: see lightning_cnn/coexist.py)
+    from lightning_cnn.specs import get_spec
+
+    spec = get_spec(args.model)
+    steps = args.warmup + args.windows * args.window
+    x, y, x_test = _train_arrays(spec, args.data_dir, steps * args.batch_size)
+    common = (spec, x, y, x_test, args.batch_size, args.precision, steps, args.warmup, args.window)
+    if args.contender == "keras":
+        train_rate, predict_rate = bench_keras(*common)
+    elif args.contender == "plain_torch":
+        train_rate, predict_rate = bench_plain_torch(*common, args.channels_last)
+    else:
+        train_rate, predict_rate = bench_lightning(*common, args.channels_last)
+    flops = _train_flops_per_image(spec)
+    return {"model": spec.id, "batch_size": args.batch_size, "precision": args.precision,
+            "contender": args.contender, "images_per_s": round(train_rate, 1),
+            "predict_images_per_s": round(predict_rate, 1),
+            "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "gflops_per_s": round(train_rate * flops / 1e9, 2)}
+
+
+def _train_flops_per_image(spec) -> float:
+    """Training FLOPs per image: the forward pass counted by torch's FlopCounterMode, times 3 (fwd + 2x bwd)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import lightning_cnn
+
+    model = lightning_cnn.build_model(spec.id)
+    h, w, c = spec.input_shape
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, c, h, w))
+    return 3.0 * counter.get_total_flops()
+
+
+def matmul_peak_gflops(dtype_name: str = "float32", n: int = 1024, repeats: int = 20) -> float:
+    """This machine's measured matmul rate (torch.mm, all threads): the ceiling the GFLOP/s column is read against."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def render(records: list[dict], command: str, peaks: dict) -> str:
+    by_key = {(r["model"], r["batch_size"], r["precision"], r["contender"]): r for r in records}
+    lines = [
+        "# Training throughput: Keras vs plain PyTorch vs Lightning", "",
+        f"Command: `{command}`  ", f"Machine: {machine()}  ",
+        "Measured matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()), "",
+        "| model | batch | precision | contender | train images/s | GFLOP/s | % of peak | predict images/s | peak MB |"
+        " Lightning/Keras | Lightning/plain | predict L/K |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        key = (r["model"], r["batch_size"], r["precision"])
+        ratio = lambda other, field="images_per_s": (  # noqa: E731
+            f"{r[field] / by_key[key + (other,)][field]:.2f}×" if r["contender"] == "lightning"
+            and key + (other,) in by_key else "")
+        peak = peaks.get("bfloat16" if r["precision"] == "bf16-mixed" else "float32")
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['contender']} | {r['images_per_s']:,.0f} "
+            f"| {r['gflops_per_s']:.1f} | {100 * r['gflops_per_s'] / peak:.1f}% | {r['predict_images_per_s']:,.0f} "
+            f"| {r['peak_mem_mb']:,.0f} | {ratio('keras')} | {ratio('plain_torch')} "
+            f"| {ratio('keras', 'predict_images_per_s')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["mnist_cnn_small", "mnist_cnn_tf_tutorial"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256])
+    p.add_argument("--precision", nargs="+", default=["32-true"], choices=["32-true", "bf16-mixed"])
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu"],
+                   help="cpu here; the GPU table is produced by the same workers on a CUDA machine")
+    p.add_argument("--data-dir")
+    p.add_argument("--warmup", type=int, default=30, help="steps before timing")
+    p.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
+    p.add_argument("--window", type=int, default=40, help="steps per timed window")
+    p.add_argument("--channels-last", action="store_true", help="torch contenders in channels_last memory format")
+    p.add_argument("--smoke", action="store_true", help="tiny run that only proves the script works (CI)")
+    p.add_argument("--out", default=str(REPO / "reports" / "bench.md"))
+    p.add_argument("--json", metavar="PATH", help="also write the records as JSON")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--contender", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.precision = args.precision[0]
+        print("BENCH " + json.dumps(worker(args)), flush=True)
+        return 0
+    if args.smoke:
+        args.models, args.batch_sizes = args.models[:1], args.batch_sizes[:1]
+        args.warmup, args.windows, args.window = 2, 2, 3
+        args.out = args.out if "--out" in (argv or sys.argv) else None
+
+    records = []
+    for model in args.models:
+        for batch_size in args.batch_sizes:
+            for precision in args.precision:
+                for contender in args.contenders:
+                    cmd = [sys.executable, __file__, "--worker", "--model", model, "--batch-size", str(batch_size),
+                           "--precision", precision, "--contender", contender, "--warmup", str(args.warmup),
+                           "--windows", str(args.windows), "--window", str(args.window)]
+                    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+                    cmd += ["--channels-last"] if args.channels_last else []
+                    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
+                                          "TF_CPP_MIN_LOG_LEVEL": "3"})
+                    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
+                    if done.returncode or line is None:
+                        print(f"error: {contender} on {model} (batch {batch_size}) failed:\n{done.stderr[-2000:]}",
+                              file=sys.stderr)
+                        return 1
+                    records.append(json.loads(line[6:]))
+                    r = records[-1]
+                    print(f"{model:24} b={batch_size:<4} {precision:10} {contender:12} "
+                          f"{r['images_per_s']:9,.0f} img/s  predict {r['predict_images_per_s']:9,.0f} img/s  "
+                          f"{r['peak_mem_mb']:7,.0f} MB", flush=True)
+    import torch  # noqa: F401  (for the peak measurement only, after all workers have finished)
+
+    peaks = {"float32": matmul_peak_gflops("float32")}
+    if "bf16-mixed" in args.precision:
+        peaks["bfloat16"] = matmul_peak_gflops("bfloat16")
+    command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = render(records, command, peaks)
+    print("\n" + table)
+    from lightning_cnn.atomic import write_text
+
+    if args.out:
+        write_text(args.out, table)
+    if args.json:
+        write_text(args.json, json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
