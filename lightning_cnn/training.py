@@ -14,12 +14,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from .atomic import write_text
 from .callbacks import EpochHistory
 from .datamodule import ArrayDataModule
 from .module import KerasRecipeModule
+from .pretrained import find_vgg16_weights, load_vgg16_features
 from .specs import DEFAULT_MODEL, get_spec
 from .summary import summary
 
@@ -44,6 +45,7 @@ class RunConfig:
     resume: str | None = None
     metrics_json: str | None = None
     init: str = "keras"
+    weights: str = "auto"  # VGG16 transfer model: ImageNet weights file, "auto" (search caches) or "none"
     allow_partial_test: bool = False
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
@@ -79,9 +81,17 @@ def run(config: RunConfig) -> dict:
                                      **({"batch_size": config.batch_size} if config.batch_size else {}))
     data.prepare_data()  # resolve (and validate) the data before any process is started
     module = KerasRecipeModule(spec.id, init=config.init, seed=config.seed)
+    if spec.layers[0][0] == "vgg16_features":
+        weights = find_vgg16_weights(config.weights)  # raises WeightsNotFoundError saying where to put them
+        if weights is not None:
+            load_vgg16_features(module.model, weights)
+        if config.verbose:
+            source = f"ImageNet weights from {weights}" if weights else "from scratch (--weights none)"
+            print(f"VGG16 features: {source}")
     has_val = bool(spec.recipe.validation_split or spec.recipe.validation_test_head)
     history = EpochHistory(out, total_epochs=epochs)
-    callbacks = [history, ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
+    # A bar redrawn every step costs more than a small model's step on CPU: redraw every 25 steps.
+    callbacks = [history, TQDMProgressBar(refresh_rate=25), ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
                                           monitor="val_loss" if has_val else "train_loss", mode="min",
                                           save_last=True, enable_version_counter=False)]
     if spec.recipe.early_stopping_patience and has_val:

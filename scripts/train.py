@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from lightning_cnn.data import DataError  # noqa: E402
+from lightning_cnn.pretrained import WeightsNotFoundError  # noqa: E402
 from lightning_cnn.specs import DEFAULT_MODEL, UnknownModelError, list_models  # noqa: E402
 from lightning_cnn.training import RunConfig, UsageError, run  # noqa: E402
 
@@ -33,6 +34,8 @@ def parse_args(argv=None) -> RunConfig:
     p.add_argument("--metrics-json", metavar="PATH", help="write the final metrics and history as JSON")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
     p.add_argument("--init", default="keras", choices=["keras", "torch"], help="initialisers (default: Keras's)")
+    p.add_argument("--weights", default="auto", help="cifar10_vgg16_transfer: ImageNet weights (.safetensors from "
+                   "scripts/convert_vgg16_weights.py, or torchvision's .pth), 'auto' to search the caches, or 'none'")
     p.add_argument("--allow-partial-test", action="store_true",
                    help="accept a test set shorter than the official one (reports say so)")
     for stage in ("train", "val", "test"):
@@ -47,7 +50,7 @@ def parse_args(argv=None) -> RunConfig:
 def main(argv=None) -> int:
     try:
         run(parse_args(argv))
-    except (UsageError, UnknownModelError, DataError) as error:
+    except (UsageError, UnknownModelError, DataError, WeightsNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
