@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.spec_md import SPEC_PARAMS
+
 pytest.importorskip("tensorflow", reason="the Keras reference needs the [keras] extra")
 
 import keras_ref  # noqa: E402  (imports lightning_cnn, then TensorFlow: the order the two need)
@@ -27,13 +29,7 @@ pytestmark = pytest.mark.keras
 REPO = Path(__file__).resolve().parents[1]
 
 # SPEC.md's parameter counts (computed there with Keras 3 on the architectures as written).
-PARAMS = {
-    "mnist_cnn_tf_tutorial": 93_322, "mnist_mlp_128_64": 109_386, "mnist_cnn_small": 30_762,
-    "mnist_cnn_qiita": 122_922, "mnist_cnn_dropout": 217_838, "cifar10_cnn": 1_250_858,
-    "cifar10_vgg16_transfer": 14_848_586,
-    "mnist_mlp_t9_1": 50_890, "mnist_mlp_t9_2": 50_890, "mnist_mlp_t9_3": 101_770, "mnist_mlp_t9_4": 101_770,
-    "mnist_mlp_t9_5": 109_386, "mnist_mlp_t9_6": 101_770, "mnist_mlp_t9_7": 101_770, "mnist_mlp_t9_8": 101_770,
-}
+PARAMS = {model_id: total for model_id, (total, _) in SPEC_PARAMS.items()}
 
 # The layers in the order the documents added them (Conv2D(filters[,same][,activation]), Dense(units[,activation]))
 MNIST_MLP = "Flatten Dense(128,relu) Dense(10,softmax)"
