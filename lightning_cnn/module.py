@@ -5,29 +5,61 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric, SumMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 
 from .models import build_model
 from .optim import make_optimizer
 from .specs import get_spec
 
 
-class StageMetrics(torch.nn.Module):
-    """Loss, accuracy and sample count for one stage; updated on device, synced across processes at epoch end."""
+class _Ratio(Metric):
+    """sum(numerator) / sum(denominator) over an epoch, summed across processes: the weighted mean Keras reports."""
 
-    def __init__(self, num_classes: int):
+    full_state_update = False
+
+    def __init__(self):
         super().__init__()
-        # Per-step input checks cost more than these models' small steps on CPU; inputs here are our own tensors.
-        self.loss = MeanMetric(nan_strategy="disable")
-        self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
-        self.samples = SumMetric(nan_strategy="disable")
+        self.add_state("numerator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("denominator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, numerator: torch.Tensor, denominator: torch.Tensor | float) -> None:
+        self.numerator += numerator
+        self.denominator += denominator
+
+    def compute(self) -> torch.Tensor:
+        return (self.numerator / self.denominator).float()
+
+
+class _Count(Metric):
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, n: int) -> None:
+        self.total += n
+
+    def compute(self) -> torch.Tensor:
+        return self.total
+
+
+class StageMetrics(torch.nn.Module):
+    """Loss, accuracy and sample count for one stage; updated on device, synced across processes at epoch end.
+
+    Deliberately lean: at batch 32 on CPU a step of these models takes a few milliseconds, and torchmetrics'
+    input checks and Lightning's per-call ``self.log`` bookkeeping would each cost a sizeable share of it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.loss, self.acc, self.samples = _Ratio(), _Ratio(), _Count()
 
     def update(self, loss, logits, y):
         n = y.shape[0]
-        self.loss.update(loss.detach(), weight=n)
-        self.acc.update(logits.detach(), y)
-        self.samples.update(torch.tensor(float(n), device=y.device))
+        self.loss.update(loss.detach() * n, n)
+        self.acc.update((logits.detach().argmax(dim=1) == y).sum(), n)
+        self.samples.update(n)
 
 
 class KerasRecipeModule(L.LightningModule):
@@ -45,8 +77,7 @@ class KerasRecipeModule(L.LightningModule):
         self.model = build_model(model_id, init=init, seed=seed)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        classes = self.spec.num_classes
-        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(classes) for _ in range(3))
+        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics() for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))
@@ -55,13 +86,28 @@ class KerasRecipeModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y)
+        getattr(self, f"{stage}_metrics").update(loss, logits, y)
+        return loss
+
+    def _log_stage(self, stage: str):
+        """Registers the stage's metric objects once per epoch; Lightning computes, syncs and resets them at its end.
+
+        Logging a metric object from every step would redo the same registration each time (over a millisecond a
+        step here); once at epoch start is enough because Lightning keeps the object and reads it at epoch end.
+        """
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(loss, logits, y)
-        # Metric objects are logged, not tensors: no host sync per step; Lightning computes and syncs at epoch end.
         self.log(f"{stage}_loss", metrics.loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
         self.log(f"{stage}_acc", metrics.acc, on_step=False, on_epoch=True, prog_bar=stage != "test")
         self.log(f"{stage}_samples", metrics.samples, on_step=False, on_epoch=True)
-        return loss
+
+    def on_train_epoch_start(self):
+        self._log_stage("train")
+
+    def on_validation_epoch_start(self):
+        self._log_stage("val")
+
+    def on_test_epoch_start(self):
+        self._log_stage("test")
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -101,6 +101,34 @@ def test_short_real_training_reaches_stated_accuracy(trained_small):
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,seconds,train_loss")
 
 
+def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
+    """The metrics are registered once per epoch and accumulated per step: check them against plain torch.
+
+    103 real test images in batches of 32 (the last one of 7) catch a mean taken over batches instead of images;
+    two test runs in a row catch state carried over from one epoch to the next.
+    """
+    import lightning as L
+    import torch.nn.functional as F
+
+    from lightning_cnn.data import load_dataset, preprocess
+    from lightning_cnn.datamodule import InMemoryLoader
+    from lightning_cnn.module import KerasRecipeModule
+
+    _, (x, y) = load_dataset("mnist", data_dir)
+    x = torch.from_numpy(preprocess(x[:103], "scale_255")).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(y[:103].astype("int64"))
+    module = KerasRecipeModule("mnist_cnn_small", seed=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    for _ in range(2):
+        logged = trainer.test(module, InMemoryLoader(x, y, 32, shuffle=False), verbose=False)[0]
+        with torch.no_grad():
+            logits = module.model.eval()(x)
+        assert logged["test_samples"] == 103
+        assert logged["test_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), abs=1e-7)
+        # float32 per-batch losses summed in float64: agreement to float32 rounding of the mean.
+        assert logged["test_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+
+
 def _final_weights(path):
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith("model.")}
