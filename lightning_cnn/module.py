@@ -70,11 +70,13 @@ class KerasRecipeModule(L.LightningModule):
     """
 
     def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_spec(model_id)
         self.model = build_model(model_id, init=init, seed=seed)
+        if channels_last is None:  # NHWC, Keras's own layout, lets oneDNN/cuDNN pool and convolve faster
+            channels_last = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics() for _ in range(3))

@@ -8,7 +8,7 @@ Everything here is plain data: importing it needs neither torch nor TensorFlow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # --- layers -------------------------------------------------------------------------------------------------
 # Each layer is (kind, options). Options use Keras's names; each builder maps them to its own framework.
@@ -215,3 +215,17 @@ def get_spec(model_id: str) -> ModelSpec:
         raise UnknownModelError(
             f"unknown model id {model_id!r}; valid ids: {', '.join(SPECS)}"
         ) from None
+
+
+def with_train_images(spec: ModelSpec, train_images: str | int | None) -> ModelSpec:
+    """The spec with its recipe's training subset replaced: ``None`` keeps the recipe's, ``"all"`` drops the subset
+    (document 003's CNN on all 50,000 CIFAR-10 images), a number N trains on the first N images."""
+    if train_images is None:
+        return spec
+    if str(train_images) == "all":
+        subset = None
+    elif str(train_images).isdigit() and int(train_images) > 0:
+        subset = int(train_images)
+    else:
+        raise ValueError(f"--train-images {train_images!r}: use a positive number of images or 'all'")
+    return replace(spec, recipe=replace(spec.recipe, train_subset=subset))

@@ -21,7 +21,7 @@ from .callbacks import EpochHistory
 from .datamodule import ArrayDataModule
 from .module import KerasRecipeModule
 from .pretrained import find_vgg16_weights, load_vgg16_features
-from .specs import DEFAULT_MODEL, get_spec
+from .specs import DEFAULT_MODEL, get_spec, with_train_images
 from .summary import summary
 
 
@@ -45,6 +45,7 @@ class RunConfig:
     resume: str | None = None
     metrics_json: str | None = None
     init: str = "keras"
+    train_images: str | None = None  # None: the recipe's training subset; "all" or a number overrides it
     weights: str = "auto"  # VGG16 transfer model: ImageNet weights file, "auto" (search caches) or "none"
     allow_partial_test: bool = False
     limit_train_batches: float | None = None
@@ -69,6 +70,10 @@ def _devices(value: str):
 def run(config: RunConfig) -> dict:
     """Fit with the recipe, test the final model, write checkpoint/CSV/PNG/JSON; returns the final metrics."""
     spec = get_spec(config.model)
+    try:
+        spec = with_train_images(spec, config.train_images)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     check_accelerator(config.accelerator)
     if config.resume and not Path(config.resume).is_file():
         raise UsageError(f"--resume {config.resume}: no such checkpoint file")

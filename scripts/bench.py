@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 CONTENDERS = ("keras", "plain_torch", "lightning")
+MEMORY_FORMATS = {"auto": None, "channels_last": True, "contiguous": False}
 
 
 def _windows(stamps: list[float], batch_size: int, warmup: int, window: int) -> float:
@@ -88,6 +89,8 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
 
     torch.manual_seed(0)
     model = lightning_cnn.build_model(spec.id, seed=0)
+    if channels_last is None:  # the same choice KerasRecipeModule makes, so the two loops do the same work
+        channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     xt, yt, xt_test = _torch_tensors(x, y, x_test, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -123,7 +126,7 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
 
     L.seed_everything(0, verbose=False)
     module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last)
-    xt, yt, xt_test = _torch_tensors(x, y, x_test, channels_last)
+    xt, yt, xt_test = _torch_tensors(x, y, x_test, module.memory_format == torch.channels_last)
     stamps: list[float] = []
 
     class Stamp(L.Callback):
@@ -155,9 +158,9 @@ def worker(args) -> dict:
     if args.contender == "keras":
         train_rate, predict_rate = bench_keras(*common)
     elif args.contender == "plain_torch":
-        train_rate, predict_rate = bench_plain_torch(*common, args.channels_last)
+        train_rate, predict_rate = bench_plain_torch(*common, MEMORY_FORMATS[args.memory_format])
     else:
-        train_rate, predict_rate = bench_lightning(*common, args.channels_last)
+        train_rate, predict_rate = bench_lightning(*common, MEMORY_FORMATS[args.memory_format])
     flops = _train_flops_per_image(spec)
     return {"model": spec.id, "batch_size": args.batch_size, "precision": args.precision,
             "contender": args.contender, "images_per_s": round(train_rate, 1),
@@ -230,7 +233,7 @@ def _run_worker(args, model, batch_size, precision, contender) -> dict | None:
            "--windows", str(args.windows)]
     cmd += ["--window", str(args.window)] if args.window else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
-    cmd += ["--channels-last"] if args.channels_last else []
+    cmd += ["--memory-format", args.memory_format]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if done.returncode or line is None:
@@ -261,7 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=7, help="timed windows; the median is reported")
     p.add_argument("--window", type=int, help="steps per timed window (default: 3,200 images' worth)")
     p.add_argument("--repeats", type=int, default=3, help="round-robin runs of every contender; median reported")
-    p.add_argument("--channels-last", action="store_true", help="torch contenders in channels_last memory format")
+    p.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
+                   help="torch contenders' layout (default auto: channels_last for CNNs, as KerasRecipeModule)")
     p.add_argument("--smoke", action="store_true", help="tiny run that only proves the script works (CI)")
     p.add_argument("--out", default=str(REPO / "reports" / "bench.md"))
     p.add_argument("--json", metavar="PATH", help="also write the records as JSON")

@@ -36,6 +36,8 @@ def parse_args(argv=None) -> RunConfig:
     p.add_argument("--init", default="keras", choices=["keras", "torch"], help="initialisers (default: Keras's)")
     p.add_argument("--weights", default="auto", help="cifar10_vgg16_transfer: ImageNet weights (.safetensors from "
                    "scripts/convert_vgg16_weights.py, or torchvision's .pth), 'auto' to search the caches, or 'none'")
+    p.add_argument("--train-images", metavar="N|all", help="train on the first N training images, or 'all' "
+                   "(default: the recipe's; cifar10_cnn's is 300, as in document 003)")
     p.add_argument("--allow-partial-test", action="store_true",
                    help="accept a test set shorter than the official one (reports say so)")
     for stage in ("train", "val", "test"):

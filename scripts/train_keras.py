@@ -30,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="data directory (default: the data layer's; LIGHTNING_CNN_DATA)")
     p.add_argument("--metrics-json", help="write results and per-epoch history to this JSON file")
     p.add_argument("--weights", help="VGG16 no-top ImageNet weights .h5 (cifar10_vgg16_transfer only)")
+    p.add_argument("--train-images", metavar="N|all", help="train on the first N training images, or 'all' "
+                   "(default: the recipe's; cifar10_cnn's is 300, as in document 003)")
     p.add_argument("--allow-partial-test", action="store_true",
                    help="accept a test set shorter than the official one (e.g. CIFAR-10's first 1,000 images)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2),
@@ -39,11 +41,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from lightning_cnn.specs import UnknownModelError, get_spec
+    from lightning_cnn.specs import UnknownModelError, get_spec, with_train_images
 
     try:
-        spec = get_spec(args.model)  # before TensorFlow loads, so that this error is the only line on stderr
-    except UnknownModelError as e:
+        spec = with_train_images(get_spec(args.model), args.train_images)  # before TensorFlow loads: one line
+    except (UnknownModelError, ValueError) as e:
         print(f"train_keras.py: error: {e}", file=sys.stderr)
         return 2
 
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
         from lightning_cnn.atomic import write_text
 
         metrics = {
-            "model": spec.id, "framework": "keras", "seed": args.seed, "epochs_run": len(history.epoch),
+            "model": spec.id, "framework": "keras", "seed": args.seed, "train_images": len(arrays["x_train"]),
+            "epochs_run": len(history.epoch),
             "test_loss": result["test_loss"], "test_accuracy": result["test_accuracy"],
             "test_is_partial": result["test_is_partial"], "test_images": result["n_test"],
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
