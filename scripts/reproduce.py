@@ -470,7 +470,8 @@ def render_markdown(report: dict, frameworks: list[str]) -> str:
         f"- Machine: {report['machine']}.",
         f"- Seeds: {', '.join(map(str, seeds))} on each side ({len(seeds)} run(s) per model and framework); "
         f"mean ± sample std over seeds. Finished {report['finished']}; {report['wall_seconds'] / 60:.1f} min "
-        f"of wall time ({report['runs_trained']} run(s) trained, {report['runs_reused']} reused).",
+        f"of wall time ({report['runs_trained']} run(s) trained, {report['runs_reused']} reused)."
+        + (f" Re-rendered without training by `{report['rendered_by']}`." if report.get("rendered_by") else ""),
         "- Each run: the documented recipe (SPEC.md) from the same data layer, in its own process. Accuracy is the "
         "framework's own evaluation of the final model (after early stopping where the recipe has it, without "
         "restoring the best weights, as Keras does by default). Seconds per epoch: median over a run's epochs "
@@ -527,7 +528,7 @@ def render_markdown(report: dict, frameworks: list[str]) -> str:
     if "mnist_mlp_128_64" in models:
         from lightning_cnn.analysis import BANDS
 
-        notes.append(f"- `mnist_mlp_128_64`: no documented number; band {BANDS['mnist_mlp_128_64'].describe()} — "
+        notes.append(f"- `mnist_mlp_128_64`: band {BANDS['mnist_mlp_128_64'].describe()} — "
                      f"{BANDS['mnist_mlp_128_64'].reason}.")
     if "cifar10_cnn" in models:
         e = models["cifar10_cnn"]
@@ -715,10 +716,23 @@ def main(argv=None) -> int:
             "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "wall_seconds": time.perf_counter() - started, "runs_trained": counts["trained"],
             "runs_reused": counts["reused"]}
+    if args.report_only:  # the header still names the session that trained the runs, and says who re-rendered
+        trained = _training_session(out / "results.json")
+        meta.update({**trained, "rendered_by": command} if trained else {})
     build_report(out, models, frameworks, seeds, results, meta, args.data_dir, args.allow_partial_test)
     failed = [n for n, r in results.items() if "error" in r]
     print(f"report: {out / 'results.md'} ({len(results) - len(failed)} run(s) finished, {len(failed)} failed)")
     return 1 if failed else 0
+
+
+def _training_session(results_json: Path) -> dict:
+    """The command, finish time and run counts of the session that trained the runs an earlier report shows."""
+    try:
+        previous = json.loads(results_json.read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("command", "finished", "wall_seconds", "runs_trained", "runs_reused")
+    return {k: previous[k] for k in keys if k in previous} if previous.get("runs_trained") else {}
 
 
 if __name__ == "__main__":

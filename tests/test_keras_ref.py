@@ -317,3 +317,14 @@ def test_train_keras_partial_cifar_test_set_needs_consent(data_dir, tmp_path):
     assert "val_accuracy" in run.stdout  # validated on the first 100 test images, as document 003 did
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["test_is_partial"] is True and metrics["test_images"] == 1_000
+    assert metrics["train_images"] == 300  # document 003's subset
+
+
+def test_train_keras_train_images_overrides_the_recipe_subset(data_dir, tmp_path):
+    run = train_keras("--model", "cifar10_cnn", "--train-images", "lots", cwd=tmp_path, keras_home=tmp_path)
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1 and "'all'" in run.stderr
+    run = train_keras("--model", "cifar10_cnn", "--train-images", 700, "--epochs", 1, "--data-dir", data_dir,
+                      "--allow-partial-test", "--metrics-json", tmp_path / "m.json", cwd=tmp_path, keras_home=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "7/7" in run.stdout  # 700 images in batches of 100
+    assert json.loads((tmp_path / "m.json").read_text())["train_images"] == 700

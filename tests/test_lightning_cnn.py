@@ -185,6 +185,16 @@ def test_unknown_model_on_the_command_line(data_dir):
     assert result.returncode == 2 and "mnist_cnn_small" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_train_images_overrides_the_recipe_subset(data_dir, tmp_path):
+    bad = script("train.py", "--model", "cifar10_cnn", "--train-images", "-5", "--data-dir", data_dir)
+    assert bad.returncode == 2 and "'all'" in bad.stderr and "Traceback" not in bad.stderr
+    common = dict(model="cifar10_cnn", data_dir=str(data_dir), allow_partial_test=True, epochs=1, verbose=False)
+    assert run(RunConfig(out=str(tmp_path / "recipe"), **common))["train_samples_last_epoch"] == 300
+    full = run(RunConfig(out=str(tmp_path / "all"), train_images="all", limit_train_batches=4, **common))
+    assert full["train_samples_last_epoch"] == 400  # 4 of 500 batches of 100: more than the recipe's 300 images
+    assert run(RunConfig(out=str(tmp_path / "n"), train_images="700", **common))["train_samples_last_epoch"] == 700
+
+
 def test_predict_on_images_the_test_writes(trained_small, data_dir, tmp_path):
     from PIL import Image
 
