@@ -79,6 +79,38 @@ class Linear(nn.Linear):
         return self.activation(super().forward(x))
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """Keras's ``MaxPooling2D`` (stride = pool size); may apply the previous layer's activation after pooling."""
+
+    def __init__(self, pool_size: int):
+        super().__init__(pool_size, pool_size)
+        self.activation = nn.Identity()
+
+    def forward(self, x):
+        return self.activation(super().forward(x))
+
+
+def pool_before_activation_(model: nn.Sequential) -> nn.Sequential:
+    """Moves each ReLU that is directly followed by a max-pool to after the pool, in place.
+
+    Max-pooling commutes with a non-decreasing activation, so the outputs are the same bit for bit, and so are the
+    gradients (the pool picks the same element, and ReLU's gradient is 0 wherever the window's maximum is <= 0);
+    but ReLU and its backward then run on a quarter of the pixels. On this project's 2-core CPU that made
+    mnist_cnn_small train 1.7x faster at batch 256 (scripts/bench.py). The conv layer's own output is then its
+    pre-activation, so per-layer comparisons with Keras (the parity suite) use ``build_model`` without this.
+    """
+    children = list(model.named_children())
+    for (name, layer), (_, pool) in zip(children, children[1:]):
+        if not (isinstance(pool, MaxPool2d) and isinstance(pool.activation, nn.Identity)):
+            continue
+        if isinstance(getattr(layer, "activation", None), nn.ReLU):  # Conv2D(..., activation="relu")
+            layer.activation, pool.activation = nn.Identity(), nn.ReLU()
+        elif isinstance(layer, nn.ReLU):  # a separate Activation("relu") layer
+            setattr(model, name, nn.Identity())
+            pool.activation = nn.ReLU()
+    return model
+
+
 def vgg16_features() -> nn.Sequential:
     """VGG16's convolutional part with torchvision's indices, so torchvision checkpoints load as they are."""
     layers: list[nn.Module] = []
@@ -138,7 +170,7 @@ def build_from_layers(layers, input_shape: tuple) -> nn.Sequential:
             channels = options["filters"]
         elif kind == "maxpool2d":
             p = options["pool_size"]
-            module = nn.MaxPool2d(p, p)
+            module = MaxPool2d(p)
             height, width = height // p, width // p
         elif kind == "dropout":
             module = nn.Dropout(options["rate"])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from .models import build_model
+from .models import build_model, pool_before_activation_
 from .optim import make_optimizer
 from .specs import get_spec
 
@@ -74,7 +74,7 @@ class KerasRecipeModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_spec(model_id)
-        self.model = build_model(model_id, init=init, seed=seed)
+        self.model = pool_before_activation_(build_model(model_id, init=init, seed=seed))
         if channels_last is None:  # NHWC, Keras's own layout, lets oneDNN/cuDNN pool and convolve faster
             channels_last = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

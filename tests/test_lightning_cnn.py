@@ -101,6 +101,31 @@ def test_short_real_training_reaches_stated_accuracy(trained_small):
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,seconds,train_loss")
 
 
+@pytest.mark.parametrize("model_id, moved", [("mnist_cnn_tf_tutorial", 2), ("mnist_cnn_small", 2),
+                                             ("mnist_cnn_qiita", 2), ("mnist_cnn_dropout", 1), ("cifar10_cnn", 2)])
+def test_pooling_before_relu_changes_no_output_and_no_gradient(model_id, moved, data_dir):
+    """The training module's speed-up (ReLU after the max-pool) is exact: logits and every gradient bit for bit."""
+    import copy
+
+    from lightning_cnn.data import load_dataset, preprocess
+    from lightning_cnn.models import MaxPool2d, pool_before_activation_
+
+    spec = get_spec(model_id)
+    (x, y), _ = load_dataset(spec.dataset, data_dir, allow_partial_test=True)
+    x = torch.from_numpy(preprocess(x[:64], spec.preprocessing)).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(y[:64].reshape(-1).astype("int64"))
+    reference = lightning_cnn.build_model(model_id, seed=0).eval()
+    fast = pool_before_activation_(copy.deepcopy(reference))
+    assert sum(isinstance(m, MaxPool2d) and isinstance(m.activation, torch.nn.ReLU) for m in fast.modules()) == moved
+    outputs = []
+    for model in (reference, fast):
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        outputs.append((logits.detach(), [p.grad for p in model.parameters()]))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
+
+
 def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     """The metrics are registered once per epoch and accumulated per step: check them against plain torch.
 
