@@ -9,7 +9,7 @@ seconds per epoch of every CIFAR model. Writes reports/cifar10.md (+ cifar10.jso
 Each run is ``scripts/train.py`` (Lightning) or ``scripts/train_keras.py`` (Keras) in its own process, one at a
 time, with ``--metrics-json``; a finished run's JSON is reused unless ``--retrain``. VGG16 transfer is timed, not
 trained to its band, on this CPU: ``--vgg16-images`` training images for one epoch, scaled to 50,000 (the table
-says so). Its documented accuracy needs the ImageNet weights and about 45 minutes an epoch here.
+says so). Its documented accuracy needs the ImageNet weights and, by that estimate, about 4 minutes an epoch here.
 """
 
 from __future__ import annotations
@@ -65,9 +65,16 @@ def seconds_per_epoch(result: dict) -> float:
     return sum(steady) / len(steady)
 
 
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def render(results: dict, args, commands: list[str]) -> str:
     lines = ["# CIFAR-10 (document 003), Keras and Lightning", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"Machine: {cpu_model()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}. Commands, one process each:", "", "```"]
     lines += commands + ["```", "",
                          "| run | model | training images | epochs | Keras test acc | Lightning test acc "
