@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
+from .allocator import RetainFreedCPUMemory
 from .atomic import write_text
 from .callbacks import EpochHistory
 from .datamodule import ArrayDataModule
@@ -95,10 +96,10 @@ def run(config: RunConfig) -> dict:
             print(f"VGG16 features: {source}")
     has_val = bool(spec.recipe.validation_split or spec.recipe.validation_test_head)
     history = EpochHistory(out, total_epochs=epochs)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss" if has_val
+                                 else "train_loss", mode="min", save_last=True, enable_version_counter=False)
     # A bar redrawn every step costs more than a small model's step on CPU: redraw every 25 steps.
-    callbacks = [history, TQDMProgressBar(refresh_rate=25), ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                          monitor="val_loss" if has_val else "train_loss", mode="min",
-                                          save_last=True, enable_version_counter=False)]
+    callbacks = [history, RetainFreedCPUMemory(), TQDMProgressBar(refresh_rate=25), checkpoint]
     if spec.recipe.early_stopping_patience and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=spec.recipe.early_stopping_patience))
     trainer = L.Trainer(

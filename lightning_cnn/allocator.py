@@ -1,0 +1,41 @@
+"""Keep freed CPU memory in the process, so that each training step's activations are not page-faulted in anew.
+
+glibc serves large allocations (over 128 KiB, the threshold adapting up to 32 MiB) with fresh ``mmap`` pages and
+hands them back to the kernel on free, and returns the top of its heap once more than 128 KiB is free there. PyTorch's
+CPU allocator caches nothing (unlike its CUDA one), so every step re-maps and re-faults its activations: at batch 256
+zeroing the 22 MB gradient of ``mnist_cnn_tf_tutorial``'s first max-pool took 4 ms of a 50 ms step, mostly page
+faults. Serving everything from a heap that is never trimmed makes that memory reused instead; the price is that the
+process keeps its peak footprint until it exits, which a training process does anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+import lightning as L
+from lightning.pytorch.accelerators import CPUAccelerator
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's <malloc.h>
+_NEVER = 2**31 - 1  # largest value mallopt takes (an int): trim only past 2 GiB of free heap top
+_applied = False
+
+
+def retain_freed_memory() -> bool:
+    """Tells glibc malloc to keep freed memory for reuse (no trimming, no per-allocation mmap); True if it applied.
+
+    Process-wide and idempotent. A no-op returning False off Linux or on a C library without ``mallopt``.
+    """
+    global _applied
+    if not _applied and sys.platform.startswith("linux"):
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
+        _applied = mallopt is not None and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER)) and bool(mallopt(_M_MMAP_MAX, 0))
+    return _applied
+
+
+class RetainFreedCPUMemory(L.Callback):
+    """Applies ``retain_freed_memory`` in every process of a CPU run (GPU activations live in CUDA's own cache)."""
+
+    def setup(self, trainer, pl_module, stage):
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            retain_freed_memory()
