@@ -16,9 +16,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
-from .allocator import RetainFreedCPUMemory
 from .atomic import write_text
-from .callbacks import EpochHistory
+from .callbacks import CPUTuning, EpochHistory
 from .datamodule import ArrayDataModule
 from .module import KerasRecipeModule
 from .pretrained import find_vgg16_weights, load_vgg16_features
@@ -99,7 +98,7 @@ def run(config: RunConfig) -> dict:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss" if has_val
                                  else "train_loss", mode="min", save_last=True, enable_version_counter=False)
     # A bar redrawn every step costs more than a small model's step on CPU: redraw every 25 steps.
-    callbacks = [history, RetainFreedCPUMemory(), TQDMProgressBar(refresh_rate=25), checkpoint]
+    callbacks = [history, CPUTuning(), TQDMProgressBar(refresh_rate=25), checkpoint]
     if spec.recipe.early_stopping_patience and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=spec.recipe.early_stopping_patience))
     trainer = L.Trainer(
