@@ -100,7 +100,7 @@ class InMemoryLoader:
         contiguous = not self.shuffle and world_size == 1  # plain slices: views, no copy
         indices = None if contiguous else shard_indices(
             len(self.x), rank=rank, world_size=world_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-            pad=self.pad_shards)
+            pad=self.pad_shards).to(self.x.device)  # data kept on a GPU: index there, no copy per batch
         n = len(self.x) if contiguous else len(indices)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):

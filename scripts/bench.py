@@ -3,10 +3,13 @@
     python scripts/bench.py --data-dir ../shared/data                       # the issue's table, float32
     python scripts/bench.py --models mnist_cnn_small --batch-sizes 32 --precision bf16-mixed
     python scripts/bench.py --smoke                                         # seconds-long CI check
+    python scripts/bench.py --accelerator gpu --batch-sizes 32 512 --precision 32-true 16-mixed bf16-mixed \
+        --contenders plain_torch lightning                                  # a CUDA machine without TensorFlow
 
 Each (model, batch size, precision, contender) runs in its own process, one after another, so frameworks never
 share thread pools and peak memory is per contender. Throughput is images/s of steady-state training: after
 warm-up steps, the median of several timed windows. Inference is predict over the 10,000 test images.
+On a GPU the data sit on the device and every step's timestamp waits for the device, on both torch contenders.
 A shared virtual machine's speed drifts by tens of percent from minute to minute, so the contenders run
 round-robin ``--repeats`` times and the table shows each one's median run, with the range in the JSON.
 """
@@ -14,6 +17,7 @@ round-robin ``--repeats`` times and the table shows each one's median run, with 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -46,12 +50,24 @@ def _train_arrays(spec, data_dir, n):
         preprocess(x_test, spec.preprocessing)
 
 
-def _torch_tensors(x, y, x_test, channels_last=False):
+def _torch_tensors(x, y, x_test, device, channels_last=False):
     import torch
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    as_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=fmt)  # noqa: E731
-    return as_nchw(x), torch.from_numpy(y), as_nchw(x_test)
+    as_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).to(device).contiguous(memory_format=fmt)  # noqa: E731
+    return as_nchw(x), torch.from_numpy(y).to(device), as_nchw(x_test)
+
+
+def _stamp(device) -> float:
+    """A timestamp taken once the device has finished the work queued so far (CUDA runs asynchronously)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+AUTOCAST_DTYPES = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
 
 def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window):
@@ -60,8 +76,8 @@ def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window
     import keras_ref
     from keras_ref.training import compile_model
 
-    if precision == "bf16-mixed":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    if precision in AUTOCAST_DTYPES:
+        keras.mixed_precision.set_global_policy("mixed_" + AUTOCAST_DTYPES[precision])
     model = keras_ref.build_model(spec.id, seed=0)
     compile_model(model, spec)
     labels = keras.utils.to_categorical(y, 10) if spec.recipe.loss == "categorical_crossentropy" else y
@@ -79,7 +95,7 @@ def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window
     return _windows(stamps, batch_size, warmup, window), len(x_test) / (time.perf_counter() - start)
 
 
-def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last):
+def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device):
     """The loop a PyTorch user writes by hand: slices of in-memory tensors, the recipe's optimizer, no framework."""
     import torch
     import torch.nn.functional as F
@@ -95,35 +111,38 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
     retain_freed_memory()
     torch.manual_seed(0)
     # The same network KerasRecipeModule trains, so the ratio measures the framework and nothing else.
-    model = pool_before_activation_(lightning_cnn.build_model(spec.id, seed=0))
+    model = pool_before_activation_(lightning_cnn.build_model(spec.id, seed=0)).to(device)
     if channels_last is None:  # the same choice KerasRecipeModule makes, so the two loops do the same work
         channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    xt, yt, xt_test = _torch_tensors(x, y, x_test, channels_last)
+    xt, yt, xt_test = _torch_tensors(x, y, x_test, device, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.recipe)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    stamps = [time.perf_counter()]
-    order = torch.randperm(len(xt))
+    autocast = torch.autocast(device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "bfloat16")),
+                              enabled=precision in AUTOCAST_DTYPES)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")  # float16 needs loss scaling
+    stamps = [_stamp(device)]
+    order = torch.randperm(len(xt), device=device)
     model.train()
     for start in range(0, steps * batch_size, batch_size):
         index = order[start:start + batch_size]
         with autocast:
             loss = F.cross_entropy(model(xt[index]).float(), yt[index])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stamps.append(time.perf_counter())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        stamps.append(_stamp(device))
     model.eval()
     with torch.inference_mode(), autocast:
         model(xt_test[:batch_size])
-        start = time.perf_counter()
+        start = _stamp(device)
         for i in range(0, len(xt_test), batch_size):
             torch.softmax(model(xt_test[i:i + batch_size]).float(), dim=1)
-    return _windows(stamps, batch_size, warmup, window), len(xt_test) / (time.perf_counter() - start)
+    return _windows(stamps, batch_size, warmup, window), len(xt_test) / (_stamp(device) - start)
 
 
-def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last):
+def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device):
     """This project's training path: KerasRecipeModule + InMemoryLoader under a Lightning Trainer."""
     import lightning as L
     import torch
@@ -134,23 +153,25 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
 
     L.seed_everything(0, verbose=False)
     module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last)
-    xt, yt, xt_test = _torch_tensors(x, y, x_test, module.memory_format == torch.channels_last)
+    xt, yt, xt_test = _torch_tensors(x, y, x_test, device, module.memory_format == torch.channels_last)
     stamps: list[float] = []
 
     class Stamp(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            stamps.append(time.perf_counter())
+            stamps.append(_stamp(device))
 
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps, max_epochs=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Stamp(), CPUTuning()])
-    stamps.append(time.perf_counter())
+    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
+                        max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[Stamp(), CPUTuning()])
+    stamps.append(_stamp(device))
     trainer.fit(module, train_dataloaders=InMemoryLoader(xt, yt, batch_size, shuffle=True))
-    test_loader = InMemoryLoader(xt_test, torch.zeros(len(xt_test), dtype=torch.long), batch_size, shuffle=False)
+    test_loader = InMemoryLoader(xt_test, torch.zeros(len(xt_test), dtype=torch.long, device=device), batch_size,
+                                 shuffle=False)
     trainer.predict(module, dataloaders=InMemoryLoader(xt_test[:batch_size], yt[:batch_size], batch_size, False))
-    start = time.perf_counter()
+    start = _stamp(device)
     trainer.predict(module, dataloaders=test_loader)
-    return _windows(stamps, batch_size, warmup, window), len(xt_test) / (time.perf_counter() - start)
+    return _windows(stamps, batch_size, warmup, window), len(xt_test) / (_stamp(device) - start)
 
 
 def worker(args) -> dict:
@@ -165,16 +186,31 @@ def worker(args) -> dict:
     common = (spec, x, y, x_test, args.batch_size, args.precision, steps, args.warmup, args.window)
     if args.contender == "keras":
         train_rate, predict_rate = bench_keras(*common)
-    elif args.contender == "plain_torch":
-        train_rate, predict_rate = bench_plain_torch(*common, MEMORY_FORMATS[args.memory_format])
     else:
-        train_rate, predict_rate = bench_lightning(*common, MEMORY_FORMATS[args.memory_format])
+        import torch
+
+        bench = bench_plain_torch if args.contender == "plain_torch" else bench_lightning
+        device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+        train_rate, predict_rate = bench(*common, MEMORY_FORMATS[args.memory_format], device)
     flops = _train_flops_per_image(spec)
     return {"model": spec.id, "batch_size": args.batch_size, "precision": args.precision,
-            "contender": args.contender, "images_per_s": round(train_rate, 1),
+            "contender": args.contender, "accelerator": args.accelerator, "images_per_s": round(train_rate, 1),
             "predict_images_per_s": round(predict_rate, 1),
-            "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_mem_mb": round(_peak_mem_mb(args.contender, args.accelerator), 1),
             "gflops_per_s": round(train_rate * flops / 1e9, 2)}
+
+
+def _peak_mem_mb(contender: str, accelerator: str) -> float:
+    """Peak memory where training ran: the process's resident set on CPU, the framework's device peak on a GPU."""
+    if accelerator == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if contender == "keras":
+        import tensorflow as tf
+
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def _train_flops_per_image(spec) -> float:
@@ -191,31 +227,38 @@ def _train_flops_per_image(spec) -> float:
     return 3.0 * counter.get_total_flops()
 
 
-def matmul_peak_gflops(dtype_name: str = "float32", n: int = 1024, repeats: int = 20) -> float:
-    """This machine's measured matmul rate (torch.mm, all threads): the ceiling the GFLOP/s column is read against."""
+def matmul_peak_gflops(dtype_name: str = "float32", device: str = "cpu", repeats: int = 20) -> float:
+    """The device's measured matmul rate (torch.mm; all CPU threads): the ceiling the GFLOP/s column is read against."""
     import torch
 
+    device = torch.device(device)
+    n = 1024 if device.type == "cpu" else 8192
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     for _ in range(3):
         torch.mm(a, b)
-    start = time.perf_counter()
+    start = _stamp(device)
     for _ in range(repeats):
         torch.mm(a, b)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+    return 2 * n ** 3 * repeats / (_stamp(device) - start) / 1e9
 
 
-def machine() -> str:
+def machine(accelerator: str = "cpu") -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    gpu = ""
+    if accelerator == "gpu":
+        import torch
+
+        gpu = f"{torch.cuda.get_device_name()} (torch {torch.__version__}), "
+    return f"{gpu}{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def render(records: list[dict], command: str, peaks: dict) -> str:
+def render(records: list[dict], command: str, peaks: dict, accelerator: str = "cpu") -> str:
     by_key = {(r["model"], r["batch_size"], r["precision"], r["contender"]): r for r in records}
     lines = [
         "# Training throughput: Keras vs plain PyTorch vs Lightning", "",
-        f"Command: `{command}`  ", f"Machine: {machine()}  ",
+        f"Command: `{command}`  ", f"Machine: {machine(accelerator)}  ",
         "Measured matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()), "",
         "| model | batch | precision | contender | train images/s | GFLOP/s | % of peak | predict images/s | peak MB |"
         " Lightning/Keras | Lightning/plain | predict L/K |",
@@ -226,7 +269,7 @@ def render(records: list[dict], command: str, peaks: dict) -> str:
         ratio = lambda other, field="images_per_s": (  # noqa: E731
             f"{r[field] / by_key[key + (other,)][field]:.2f}×" if r["contender"] == "lightning"
             and key + (other,) in by_key else "")
-        peak = peaks.get("bfloat16" if r["precision"] == "bf16-mixed" else "float32")
+        peak = peaks[AUTOCAST_DTYPES.get(r["precision"], "float32")]
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['contender']} | {r['images_per_s']:,.0f} "
             f"| {r['gflops_per_s']:.1f} | {100 * r['gflops_per_s'] / peak:.1f}% | {r['predict_images_per_s']:,.0f} "
@@ -241,7 +284,7 @@ def _run_worker(args, model, batch_size, precision, contender) -> dict | None:
            "--windows", str(args.windows)]
     cmd += ["--window", str(args.window)] if args.window else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
-    cmd += ["--memory-format", args.memory_format]
+    cmd += ["--memory-format", args.memory_format, "--accelerator", args.accelerator]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if done.returncode or line is None:
@@ -263,10 +306,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mnist_cnn_small", "mnist_cnn_tf_tutorial"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256])
-    p.add_argument("--precision", nargs="+", default=["32-true"], choices=["32-true", "bf16-mixed"])
+    p.add_argument("--precision", nargs="+", default=["32-true"], choices=["32-true", *AUTOCAST_DTYPES])
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
-    p.add_argument("--accelerator", default="cpu", choices=["cpu"],
-                   help="cpu here; the GPU table is produced by the same workers on a CUDA machine")
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="gpu: one CUDA device")
     p.add_argument("--data-dir")
     p.add_argument("--warmup", type=int, default=30, help="steps before timing")
     p.add_argument("--windows", type=int, default=7, help="timed windows; the median is reported")
@@ -286,6 +328,17 @@ def main(argv=None) -> int:
         args.precision = args.precision[0]
         print("BENCH " + json.dumps(worker(args)), flush=True)
         return 0
+    if args.accelerator == "cpu" and "16-mixed" in args.precision:
+        p.error("--precision 16-mixed is float16 autocast with loss scaling, a CUDA recipe: use --accelerator gpu, "
+                "or bf16-mixed on CPU")
+    if args.accelerator == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--accelerator gpu: PyTorch sees no CUDA GPU here; use --accelerator cpu")
+    if "keras" in args.contenders and importlib.util.find_spec("tensorflow") is None:
+        p.error("the keras contender needs TensorFlow (pip install -e '.[keras]'); without it pass "
+                "--contenders plain_torch lightning")
     if args.smoke:
         args.models, args.batch_sizes = args.models[:1], args.batch_sizes[:1]
         args.warmup, args.windows, args.window, args.repeats = 2, 2, 3, 1
@@ -306,13 +359,11 @@ def main(argv=None) -> int:
                               f"{record['images_per_s']:9,.0f} img/s  predict {record['predict_images_per_s']:9,.0f}"
                               f" img/s  {record['peak_mem_mb']:7,.0f} MB", flush=True)
                 records += [_median_run(contender_runs) for contender_runs in runs.values()]
-    import torch  # noqa: F401  (for the peak measurement only, after all workers have finished)
-
-    peaks = {"float32": matmul_peak_gflops("float32")}
-    if "bf16-mixed" in args.precision:
-        peaks["bfloat16"] = matmul_peak_gflops("bfloat16")
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
+    peaks = {dtype: matmul_peak_gflops(dtype, device)
+             for dtype in dict.fromkeys(["float32", *(AUTOCAST_DTYPES.get(p, "float32") for p in args.precision)])}
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = render(records, command, peaks)
+    table = render(records, command, peaks, args.accelerator)
     print("\n" + table)
     from lightning_cnn.atomic import write_text
 

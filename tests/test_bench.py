@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,3 +28,31 @@ def test_bench_smoke_writes_one_record_per_contender(data_dir, tmp_path):
         assert record["images_per_s"] > 0 and record["peak_mem_mb"] > 0
     table = (tmp_path / "bench.md").read_text()
     assert "Lightning/Keras" in table and "mnist_cnn_small" in table
+
+
+def bench(*args, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "scripts/bench.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_bench_smoke_bf16_torch_contenders_only(data_dir, tmp_path):
+    out = tmp_path / "records.json"
+    done = bench("--smoke", "--data-dir", data_dir, "--precision", "bf16-mixed", "--contenders", "plain_torch",
+                 "lightning", "--json", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["contender"], r["precision"], r["accelerator"]) for r in records] == [
+        ("plain_torch", "bf16-mixed", "cpu"), ("lightning", "bf16-mixed", "cpu")]
+
+
+def test_float16_on_cpu_is_refused_with_the_fix():
+    done = bench("--precision", "16-mixed", timeout=120)
+    assert done.returncode == 2
+    assert "--accelerator gpu" in done.stderr and "bf16-mixed" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no GPU")
+def test_gpu_without_a_gpu_is_refused_with_the_fix():
+    done = bench("--accelerator", "gpu", "--contenders", "plain_torch", timeout=120)
+    assert done.returncode == 2
+    assert "no CUDA GPU" in done.stderr and "--accelerator cpu" in done.stderr
