@@ -189,8 +189,9 @@ def _bands() -> dict[str, Band]:
             reason="no documented number. The same 128-64 ReLU MLP with Adam is Table 9 row 5 (97.90% after 9,375 "
                    "steps at batch 32); this recipe takes 1,875 steps (batch 128, 48,000 images after "
                    "validation_split 0.2, 5 epochs) and, when this band was set, measured 96.98% (Keras) and "
-                   "97.34% (Lightning) at seed 0 (one CPU thread each). Floor 96.5: about 0.5 below the lower of the two, the margin the CNN bands "
-                   "use, and far above what a broken recipe gives (the SGD MLPs of Table 9 reach ~93%)"),
+                   "97.34% (Lightning) at seed 0 (one CPU thread each). Floor 96.5: about 0.5 below the lower of "
+                   "the two, the margin the CNN bands use, and far above what a broken recipe gives (the SGD MLPs "
+                   "of Table 9 reach ~93%)"),
     }
     for row, (*_, test_acc) in enumerate(TABLE9, start=1):
         model = f"mnist_mlp_t9_{row}"

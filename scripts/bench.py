@@ -60,9 +60,9 @@ def _torch_tensors(x, y, x_test, device, channels_last=False):
 
 def _stamp(device) -> float:
     """A timestamp taken once the device has finished the work queued so far (CUDA runs asynchronously)."""
-    import torch
-
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
     return time.perf_counter()
 
@@ -244,14 +244,14 @@ def matmul_peak_gflops(dtype_name: str = "float32", device: str = "cpu", repeats
 
 
 def machine(accelerator: str = "cpu") -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from lightning_cnn.analysis import machine_description
+
     gpu = ""
     if accelerator == "gpu":
         import torch
 
         gpu = f"{torch.cuda.get_device_name()} (torch {torch.__version__}), "
-    return f"{gpu}{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{gpu}{machine_description()}, Python {platform.python_version()}"
 
 
 def render(records: list[dict], command: str, peaks: dict, accelerator: str = "cpu") -> str:

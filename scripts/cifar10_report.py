@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from lightning_cnn.analysis import machine_description  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 
 FULL_TRAIN = 50_000
@@ -65,16 +66,9 @@ def seconds_per_epoch(result: dict) -> float:
     return sum(steady) / len(steady)
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-             if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def render(results: dict, args, commands: list[str]) -> str:
     lines = ["# CIFAR-10 (document 003), Keras and Lightning", "",
-             f"Machine: {cpu_model()}, {os.cpu_count()} cores, "
+             f"Machine: {machine_description()}, "
              f"Python {platform.python_version()}. Commands, one process each:", "", "```"]
     lines += commands + ["```", "",
                          "| run | model | training images | epochs | Keras test acc | Lightning test acc "
