@@ -69,10 +69,12 @@ class KerasRecipeModule(L.LightningModule):
 
     Keras's softmax + (sparse) categorical cross-entropy is ``F.cross_entropy`` on logits: the same quantity for
     integer and one-hot labels, so the datamodule always supplies integer labels.
+    ``compiled=True`` runs the network through ``torch.compile`` (compiled in place, so parameter names and
+    checkpoints are the eager model's).
     """
 
     def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, compiled: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_spec(model_id)
@@ -81,8 +83,18 @@ class KerasRecipeModule(L.LightningModule):
             channels_last = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        if compiled:
+            self.model.compile()
         self.train_metrics, self.val_metrics, self.test_metrics = (
             StageMetrics(self.spec.num_classes) for _ in range(3))
+
+    def __setattr__(self, name, value):
+        # Lightning sets _current_fx_name twice around every hook call, ~44 times a training step. It is never a
+        # parameter, buffer or submodule, so nn.Module's checks can be skipped: ~50 µs a step (2-3% at batch 32).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))

@@ -45,6 +45,7 @@ class RunConfig:
     resume: str | None = None
     metrics_json: str | None = None
     init: str = "keras"
+    compile: bool = False  # torch.compile the network
     train_images: str | None = None  # None: the recipe's training subset; "all" or a number overrides it
     weights: str = "auto"  # VGG16 transfer model: ImageNet weights file, "auto" (search caches) or "none"
     allow_partial_test: bool = False
@@ -85,7 +86,7 @@ def run(config: RunConfig) -> dict:
                                      allow_partial_test=config.allow_partial_test,
                                      **({"batch_size": config.batch_size} if config.batch_size else {}))
     data.prepare_data()  # resolve (and validate) the data before any process is started
-    module = KerasRecipeModule(spec.id, init=config.init, seed=config.seed)
+    module = KerasRecipeModule(spec.id, init=config.init, seed=config.seed, compiled=config.compile)
     if spec.layers[0][0] == "vgg16_features":
         weights = find_vgg16_weights(config.weights)  # raises WeightsNotFoundError saying where to put them
         if weights is not None:

@@ -3,6 +3,7 @@
     python scripts/bench.py --data-dir ../shared/data                       # the issue's table, float32
     python scripts/bench.py --models mnist_cnn_small --batch-sizes 32 --precision bf16-mixed
     python scripts/bench.py --smoke                                         # seconds-long CI check
+    python scripts/bench.py --compile --contenders plain_torch lightning    # both torch loops under torch.compile
     python scripts/bench.py --accelerator gpu --batch-sizes 32 512 --precision 32-true 16-mixed bf16-mixed \
         --contenders plain_torch lightning                                  # a CUDA machine without TensorFlow
 
@@ -95,7 +96,13 @@ def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window
     return _windows(stamps, batch_size, warmup, window), len(x_test) / (time.perf_counter() - start)
 
 
-def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device):
+def _predict_warmup(x_test, batch_size):
+    """A full batch and the short last one: a compiled network specialises on both shapes before timing starts."""
+    return x_test[:batch_size + len(x_test) % batch_size]
+
+
+def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device,
+                      compiled):
     """The loop a PyTorch user writes by hand: slices of in-memory tensors, the recipe's optimizer, no framework."""
     import torch
     import torch.nn.functional as F
@@ -117,6 +124,8 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
     xt, yt, xt_test = _torch_tensors(x, y, x_test, device, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compiled:
+        model.compile()
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.recipe)
     autocast = torch.autocast(device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "bfloat16")),
                               enabled=precision in AUTOCAST_DTYPES)
@@ -135,14 +144,16 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
         stamps.append(_stamp(device))
     model.eval()
     with torch.inference_mode(), autocast:
-        model(xt_test[:batch_size])
+        for i in range(0, len(warm := _predict_warmup(xt_test, batch_size)), batch_size):
+            model(warm[i:i + batch_size])
         start = _stamp(device)
         for i in range(0, len(xt_test), batch_size):
             torch.softmax(model(xt_test[i:i + batch_size]).float(), dim=1)
     return _windows(stamps, batch_size, warmup, window), len(xt_test) / (_stamp(device) - start)
 
 
-def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device):
+def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device,
+                    compiled):
     """This project's training path: KerasRecipeModule + InMemoryLoader under a Lightning Trainer."""
     import lightning as L
     import torch
@@ -152,7 +163,7 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
     from lightning_cnn.module import KerasRecipeModule
 
     L.seed_everything(0, verbose=False)
-    module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last)
+    module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last, compiled=compiled)
     xt, yt, xt_test = _torch_tensors(x, y, x_test, device, module.memory_format == torch.channels_last)
     stamps: list[float] = []
 
@@ -168,7 +179,8 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
     trainer.fit(module, train_dataloaders=InMemoryLoader(xt, yt, batch_size, shuffle=True))
     test_loader = InMemoryLoader(xt_test, torch.zeros(len(xt_test), dtype=torch.long, device=device), batch_size,
                                  shuffle=False)
-    trainer.predict(module, dataloaders=InMemoryLoader(xt_test[:batch_size], yt[:batch_size], batch_size, False))
+    warm = _predict_warmup(xt_test, batch_size)
+    trainer.predict(module, dataloaders=InMemoryLoader(warm, yt[:len(warm)], batch_size, False))
     start = _stamp(device)
     trainer.predict(module, dataloaders=test_loader)
     return _windows(stamps, batch_size, warmup, window), len(xt_test) / (_stamp(device) - start)
@@ -191,10 +203,11 @@ def worker(args) -> dict:
 
         bench = bench_plain_torch if args.contender == "plain_torch" else bench_lightning
         device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
-        train_rate, predict_rate = bench(*common, MEMORY_FORMATS[args.memory_format], device)
+        train_rate, predict_rate = bench(*common, MEMORY_FORMATS[args.memory_format], device, args.compile)
     flops = _train_flops_per_image(spec)
     return {"model": spec.id, "batch_size": args.batch_size, "precision": args.precision,
-            "contender": args.contender, "accelerator": args.accelerator, "images_per_s": round(train_rate, 1),
+            "contender": args.contender, "accelerator": args.accelerator, "compiled": args.compile and
+            args.contender != "keras", "images_per_s": round(train_rate, 1),
             "predict_images_per_s": round(predict_rate, 1),
             "peak_mem_mb": round(_peak_mem_mb(args.contender, args.accelerator), 1),
             "gflops_per_s": round(train_rate * flops / 1e9, 2)}
@@ -271,7 +284,8 @@ def render(records: list[dict], command: str, peaks: dict, accelerator: str = "c
             and key + (other,) in by_key else "")
         peak = peaks[AUTOCAST_DTYPES.get(r["precision"], "float32")]
         lines.append(
-            f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['contender']} | {r['images_per_s']:,.0f} "
+            f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['contender']}"
+            f"{' (compiled)' if r.get('compiled') else ''} | {r['images_per_s']:,.0f} "
             f"| {r['gflops_per_s']:.1f} | {100 * r['gflops_per_s'] / peak:.1f}% | {r['predict_images_per_s']:,.0f} "
             f"| {r['peak_mem_mb']:,.0f} | {ratio('keras')} | {ratio('plain_torch')} "
             f"| {ratio('keras', 'predict_images_per_s')} |")
@@ -285,6 +299,7 @@ def _run_worker(args, model, batch_size, precision, contender) -> dict | None:
     cmd += ["--window", str(args.window)] if args.window else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--memory-format", args.memory_format, "--accelerator", args.accelerator]
+    cmd += ["--compile"] if args.compile else []
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if done.returncode or line is None:
@@ -316,6 +331,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="round-robin runs of every contender; median reported")
     p.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
                    help="torch contenders' layout (default auto: channels_last for CNNs, as KerasRecipeModule)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network in both torch contenders")
     p.add_argument("--smoke", action="store_true", help="tiny run that only proves the script works (CI)")
     p.add_argument("--out", default=str(REPO / "reports" / "bench.md"))
     p.add_argument("--json", metavar="PATH", help="also write the records as JSON")

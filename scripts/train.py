@@ -33,6 +33,8 @@ def parse_args(argv=None) -> RunConfig:
     p.add_argument("--resume", metavar="PATH", help="checkpoint to continue from (e.g. OUT/checkpoints/last.ckpt)")
     p.add_argument("--metrics-json", metavar="PATH", help="write the final metrics and history as JSON")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (inductor); pays off on CUDA, "
+                   "not on a small CPU (see README, Benchmarks)")
     p.add_argument("--init", default="keras", choices=["keras", "torch"], help="initialisers (default: Keras's)")
     p.add_argument("--weights", default="auto", help="cifar10_vgg16_transfer: ImageNet weights (.safetensors from "
                    "scripts/convert_vgg16_weights.py, or torchvision's .pth), 'auto' to search the caches, or 'none'")

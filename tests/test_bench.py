@@ -45,6 +45,16 @@ def test_bench_smoke_bf16_torch_contenders_only(data_dir, tmp_path):
         ("plain_torch", "bf16-mixed", "cpu"), ("lightning", "bf16-mixed", "cpu")]
 
 
+def test_bench_smoke_compiled_torch_contenders(data_dir, tmp_path):
+    out, table = tmp_path / "records.json", tmp_path / "bench.md"
+    done = bench("--smoke", "--compile", "--data-dir", data_dir, "--contenders", "plain_torch", "lightning",
+                 "--json", out, "--out", table)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["contender"], r["compiled"]) for r in records] == [("plain_torch", True), ("lightning", True)]
+    assert "lightning (compiled)" in table.read_text()
+
+
 def test_float16_on_cpu_is_refused_with_the_fix():
     done = bench("--precision", "16-mixed", timeout=120)
     assert done.returncode == 2

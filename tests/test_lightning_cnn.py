@@ -174,6 +174,46 @@ def test_resume_continues_to_the_same_result(data_dir, tmp_path):
     assert resumed["test_accuracy"] == straight["test_accuracy"]
 
 
+def test_compiled_network_computes_what_the_eager_one_does(data_dir):
+    """``compiled=True`` (torch.compile; inductor's C++ kernels on CPU) is a speed option, never a numeric change.
+
+    Inductor fuses and reorders float32 sums, so agreement is to float32 rounding: logits to 1e-5 absolute
+    (|logits| < 10 here), every gradient to 1e-4 of its largest element. Parameter names stay the eager ones, so
+    checkpoints from either load into the other.
+    """
+    import torch.nn.functional as F
+
+    from lightning_cnn.data import load_dataset, preprocess
+    from lightning_cnn.module import KerasRecipeModule
+
+    (x, y), _ = load_dataset("mnist", data_dir)
+    x = torch.from_numpy(preprocess(x[:64], "scale_255")).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(y[:64].astype("int64"))
+    eager, compiled = (KerasRecipeModule("mnist_cnn_small", seed=0, compiled=c) for c in (False, True))
+    assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
+    logits = {}
+    for name, module in (("eager", eager), ("compiled", compiled)):
+        logits[name] = module(x)
+        F.cross_entropy(logits[name], y).backward()
+    torch.testing.assert_close(logits["compiled"], logits["eager"], rtol=0, atol=1e-5)
+    for (name, p_eager), p_compiled in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        scale = p_eager.grad.abs().max().item()
+        torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=0, atol=1e-4 * scale, msg=name)
+
+
+def test_train_py_compile_flag_trains_and_writes_a_loadable_checkpoint(data_dir, tmp_path):
+    from lightning_cnn.predict import load_checkpoint_model
+
+    result = script("train.py", "--compile", "--accelerator", "cpu", "--epochs", 1, "--limit-train-batches", 20,
+                    "--limit-val-batches", 2, "--limit-test-batches", 5,
+                    "--data-dir", data_dir, "--out", tmp_path, "--metrics-json", tmp_path / "metrics.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["compile"] is True
+    model, spec = load_checkpoint_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert spec.id == "mnist_cnn_small" and count_params(model) == 30_762
+
+
 def test_bf16_mixed_on_cpu(data_dir, tmp_path):
     result = run(RunConfig(data_dir=str(data_dir), out=str(tmp_path), epochs=1, limit_train_batches=300,
                            precision="bf16-mixed", seed=0, verbose=False))
