@@ -138,12 +138,16 @@ class ArrayDataModule(L.LightningDataModule):
     - neither: no validation; ``val_dataloader()`` returns ``[]``, which Lightning skips.
     The test and predict loaders serve the whole test set. ``test_is_partial`` says whether it is shorter than
     the official 10,000 images (only possible with ``allow_partial_test=True``).
+    ``device``: where the tensors live. Default: the trainer's device when it is a GPU (the data sets here are at
+    most a few hundred MB, so they are copied once instead of once per batch), else CPU. ``pin_memory`` applies
+    to data kept on the CPU for a GPU run.
     """
 
     def __init__(self, dataset: str, data_dir=None, batch_size: int = 32, validation_split: float = 0.0,
                  preprocessing: str = "scale_255", train_subset: int | None = None,
                  validation_test_head: int | None = None, seed: int = 0, allow_partial_test: bool = False,
-                 download: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False):
+                 download: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False,
+                 device: str | torch.device | None = None):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}")
@@ -165,6 +169,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.allow_partial_test = allow_partial_test
         self.download = download
         self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.device = None if device is None else torch.device(device)
         self.num_classes = len(CLASS_NAMES[dataset])
         self.class_names = CLASS_NAMES[dataset]
         self.x_train = self.y_train = self.x_val = self.y_val = self.x_test = self.y_test = None
@@ -208,8 +213,15 @@ class ArrayDataModule(L.LightningDataModule):
             val = (x_test[:self.validation_test_head], y_test[:self.validation_test_head])
         return {"train": (x_train, y_train), "val": val, "test": (x_test, y_test)}
 
+    def _data_device(self) -> torch.device:
+        if self.device is not None:
+            return self.device
+        root = self.trainer.strategy.root_device if self.trainer is not None else None
+        return root if root is not None and root.type == "cuda" else torch.device("cpu")
+
     def setup(self, stage: str | None = None) -> None:
         """Build the tensors the stage needs (all of them for ``stage=None``); calling again is cheap."""
+        device = self._data_device()
         (x_train, y_train), (x_test, y_test) = self._load()
         self.test_is_partial = len(x_test) < TEST_SIZE
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -217,12 +229,12 @@ class ArrayDataModule(L.LightningDataModule):
         for part in needed.get(stage, ("train", "val", "test")):
             if getattr(self, f"x_{part}") is None and parts[part] is not None:
                 x, y = parts[part]
-                setattr(self, f"x_{part}", _to_nchw(x, self.preprocessing))
-                setattr(self, f"y_{part}", _labels(y))
+                setattr(self, f"x_{part}", _to_nchw(x, self.preprocessing).to(device))
+                setattr(self, f"y_{part}", _labels(y).to(device))
 
     def _loader(self, x, y, train: bool) -> InMemoryLoader:
         return InMemoryLoader(x, y, self.batch_size if train else self.eval_batch_size, shuffle=train,
-                              seed=self.seed, pin_memory=self.pin_memory)
+                              seed=self.seed, pin_memory=self.pin_memory and x.device.type == "cpu")
 
     def train_dataloader(self) -> InMemoryLoader:
         return self._loader(self.x_train, self.y_train, train=True)

@@ -12,7 +12,8 @@ share thread pools and peak memory is per contender. Throughput is images/s of s
 warm-up steps, the median of several timed windows. Inference is predict over the 10,000 test images.
 On a GPU the data sit on the device and every step's timestamp waits for the device, on both torch contenders.
 A shared virtual machine's speed drifts by tens of percent from minute to minute, so the contenders run
-round-robin ``--repeats`` times and the table shows each one's median run, with the range in the JSON.
+round-robin ``--repeats`` times: the table shows each one's median run (every run is in the JSON), and each ratio
+is the median of the rounds' ratios, each taken between runs made back to back.
 """
 
 from __future__ import annotations
@@ -267,6 +268,12 @@ def machine(accelerator: str = "cpu") -> str:
     return f"{gpu}{machine_description()}, Python {platform.python_version()}"
 
 
+def paired_ratio(record: dict, other: dict, field: str = "images_per_s") -> float:
+    """Median over rounds of one round's ratio: contenders of a round run back to back, under the same VM load,
+    so a round's ratio is not thrown off by the machine speeding up or slowing down between rounds."""
+    return statistics.median(a / b for a, b in zip(record[f"{field}_runs"], other[f"{field}_runs"]))
+
+
 def render(records: list[dict], command: str, peaks: dict, accelerator: str = "cpu") -> str:
     by_key = {(r["model"], r["batch_size"], r["precision"], r["contender"]): r for r in records}
     lines = [
@@ -280,7 +287,7 @@ def render(records: list[dict], command: str, peaks: dict, accelerator: str = "c
     for r in records:
         key = (r["model"], r["batch_size"], r["precision"])
         ratio = lambda other, field="images_per_s": (  # noqa: E731
-            f"{r[field] / by_key[key + (other,)][field]:.2f}×" if r["contender"] == "lightning"
+            f"{paired_ratio(r, by_key[key + (other,)], field):.2f}×" if r["contender"] == "lightning"
             and key + (other,) in by_key else "")
         peak = peaks[AUTOCAST_DTYPES.get(r["precision"], "float32")]
         lines.append(

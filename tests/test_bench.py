@@ -55,6 +55,16 @@ def test_bench_smoke_compiled_torch_contenders(data_dir, tmp_path):
     assert "lightning (compiled)" in table.read_text()
 
 
+def test_ratios_pair_the_runs_of_each_round():
+    """Lightning ran at half the plain loop's speed in two of three rounds; the medians (30 vs 30) would hide it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench import paired_ratio
+
+    lightning = {"images_per_s_runs": [50.0, 10.0, 30.0]}
+    plain = {"images_per_s_runs": [100.0, 20.0, 30.0]}
+    assert paired_ratio(lightning, plain) == 0.5
+
+
 def test_float16_on_cpu_is_refused_with_the_fix():
     done = bench("--precision", "16-mixed", timeout=120)
     assert done.returncode == 2

@@ -124,6 +124,22 @@ def test_from_spec_overrides_and_cpu_pinning(data_dir):
     assert m.pin_memory == torch.cuda.is_available()
 
 
+def test_data_can_live_on_another_device_and_batches_come_from_there(data_dir):
+    """Without a GPU, the "meta" device (shapes, no storage) shows the same placement a CUDA run gets by default."""
+    m = ArrayDataModule("mnist", data_dir, train_subset=100, validation_split=0.2, batch_size=32, device="meta")
+    m.setup("fit")
+    assert {t.device.type for t in (m.x_train, m.y_train, m.x_val, m.y_val)} == {"meta"}
+    x, y = next(iter(m.train_dataloader()))
+    assert (x.device.type, y.device.type, tuple(x.shape)) == ("meta", "meta", (32, 1, 28, 28))
+
+
+def test_by_default_data_stay_on_the_cpu_for_a_cpu_trainer(data_dir):
+    m = ArrayDataModule("mnist", data_dir, train_subset=64)
+    m.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    m.setup("fit")
+    assert m.x_train.device.type == "cpu"
+
+
 # --- the loader -----------------------------------------------------------------------------------------------
 
 
