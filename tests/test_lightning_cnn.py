@@ -126,6 +126,25 @@ def test_pooling_before_relu_changes_no_output_and_no_gradient(model_id, moved, 
     assert all(torch.equal(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
 
 
+def test_attribute_fast_path_still_registers_parameters_and_modules():
+    """The fast path stores plain values only; anything nn.Module must register still goes through it."""
+    from lightning_cnn.module import KerasRecipeModule
+
+    module = KerasRecipeModule("mnist_cnn_small", seed=0)
+    module.extra = None
+    module.extra = 3  # plain value over a plain attribute: stored directly
+    assert module.extra == 3 and "extra" in module.__dict__
+    module.extra = torch.nn.Linear(2, 2)  # a submodule over a plain attribute: registered
+    assert "extra" in dict(module.named_children()) and "extra" not in module.__dict__
+    module.scale = None
+    module.scale = torch.nn.Parameter(torch.ones(1))
+    assert "scale" in dict(module.named_parameters())
+    module._current_fx_name = "training_step"  # what Lightning writes around each hook call
+    assert module.__dict__["_current_fx_name"] == "training_step"
+    with pytest.raises(RuntimeError, match="higher_is_better"):  # torchmetrics' own guard still applies
+        module.train_metrics.acc.higher_is_better = False
+
+
 def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     """The metrics are registered once per epoch and accumulated per step: check them against plain torch.
 
