@@ -4,6 +4,7 @@
     python scripts/bench.py --models mnist_cnn_small --batch-sizes 32 --precision bf16-mixed
     python scripts/bench.py --smoke                                         # seconds-long CI check
     python scripts/bench.py --compile --contenders plain_torch lightning    # both torch loops under torch.compile
+    python scripts/bench.py --floor                                         # each loop's own cost per step
     python scripts/bench.py --accelerator gpu --batch-sizes 32 512 --precision 32-true 16-mixed bf16-mixed \
         --contenders plain_torch lightning                                  # a CUDA machine without TensorFlow
 
@@ -187,6 +188,70 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
     return _windows(stamps, batch_size, warmup, window), len(xt_test) / (_stamp(device) - start)
 
 
+def loop_floor_ms(contender: str, steps: int, batch_size: int = 32) -> float:
+    """Median milliseconds a step of a loop whose step does no work (one parameter, a batch sliced as usual): what
+    the training loop itself costs per step, which no model or module code can take away."""
+    import torch
+
+    from lightning_cnn.cpu_tuning import retain_freed_memory
+
+    x = torch.rand(steps * batch_size, 1, 28, 28)
+    y = torch.zeros(len(x), dtype=torch.long)
+    stamps = [time.perf_counter()]
+    if contender == "plain_torch":
+        retain_freed_memory()
+        weight = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([weight], lr=0.0)
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), batch_size):
+            index = order[start:start + batch_size]
+            loss = (weight * x[index][0, 0, 0, 0]).sum() + 0 * y[index][0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            stamps.append(time.perf_counter())
+    else:
+        import lightning as L
+
+        from lightning_cnn.callbacks import CPUTuning
+        from lightning_cnn.datamodule import InMemoryLoader
+
+        class NoWork(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.weight = torch.nn.Parameter(torch.zeros(1))
+
+            def training_step(self, batch, batch_idx):
+                xb, yb = batch
+                return (self.weight * xb[0, 0, 0, 0]).sum() + 0 * yb[0]
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.0)
+
+        class Stamp(L.Callback):
+            def on_train_batch_end(self, *args):
+                stamps.append(time.perf_counter())
+
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[Stamp(), CPUTuning()])
+        trainer.fit(NoWork(), train_dataloaders=InMemoryLoader(x, y, batch_size, shuffle=True))
+    skip = len(stamps) // 10  # warm-up
+    return 1e3 * statistics.median(b - a for a, b in zip(stamps[skip:], stamps[skip + 1:]))
+
+
+def floor_report(steps: int) -> str:
+    floors = {}
+    for contender in ("plain_torch", "lightning"):
+        done = subprocess.run([sys.executable, __file__, "--floor-worker", contender, "--floor-steps", str(steps)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"error: the {contender} floor failed:\n{done.stderr[-2000:]}")
+        floors[contender] = float(done.stdout.split()[-1])
+    return (f"Per-step cost of the loop itself (a step that does no work, batch 32, CPU, median of {steps:,} steps): "
+            f"plain PyTorch {floors['plain_torch']:.3f} ms, Lightning {floors['lightning']:.3f} ms; Lightning adds "
+            f"{floors['lightning'] - floors['plain_torch']:.3f} ms to every step.")
+
+
 def worker(args) -> dict:
     """One contender in this process; prints one JSON record."""
     import lightning_cnn  # noqa: F401  (before TensorFlow: see lightning_cnn/coexist.py)
@@ -339,6 +404,9 @@ def main(argv=None) -> int:
     p.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
                    help="torch contenders' layout (default auto: channels_last for CNNs, as KerasRecipeModule)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network in both torch contenders")
+    p.add_argument("--floor", action="store_true", help="only measure each loop's own per-step cost (no model)")
+    p.add_argument("--floor-steps", type=int, default=2000, help=argparse.SUPPRESS)
+    p.add_argument("--floor-worker", choices=["plain_torch", "lightning"], help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help="tiny run that only proves the script works (CI)")
     p.add_argument("--out", default=str(REPO / "reports" / "bench.md"))
     p.add_argument("--json", metavar="PATH", help="also write the records as JSON")
@@ -347,6 +415,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--contender", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.floor_worker:
+        print(f"{loop_floor_ms(args.floor_worker, args.floor_steps):.4f}")
+        return 0
+    if args.floor:
+        print(floor_report(args.floor_steps))
+        return 0
     if args.worker:
         args.precision = args.precision[0]
         print("BENCH " + json.dumps(worker(args)), flush=True)

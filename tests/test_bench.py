@@ -4,6 +4,7 @@ Speed itself is never asserted here (timed tests are flaky); scripts/bench.py pr
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,15 @@ def test_ratios_pair_the_runs_of_each_round():
     lightning = {"images_per_s_runs": [50.0, 10.0, 30.0]}
     plain = {"images_per_s_runs": [100.0, 20.0, 30.0]}
     assert paired_ratio(lightning, plain) == 0.5
+
+
+def test_floor_reports_both_loops_per_step_cost():
+    done = bench("--floor", "--floor-steps", 100)
+    assert done.returncode == 0, done.stderr[-3000:]
+    match = re.search(r"plain PyTorch ([\d.]+) ms, Lightning ([\d.]+) ms; Lightning adds (-?[\d.]+) ms", done.stdout)
+    assert match, done.stdout
+    plain, lightning, added = map(float, match.groups())
+    assert plain > 0 and lightning > 0 and added == pytest.approx(lightning - plain, abs=1e-3)
 
 
 def test_float16_on_cpu_is_refused_with_the_fix():
