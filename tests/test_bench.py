@@ -72,7 +72,8 @@ def test_floor_reports_both_loops_per_step_cost():
     match = re.search(r"plain PyTorch ([\d.]+) ms, Lightning ([\d.]+) ms; Lightning adds (-?[\d.]+) ms", done.stdout)
     assert match, done.stdout
     plain, lightning, added = map(float, match.groups())
-    assert plain > 0 and lightning > 0 and added == pytest.approx(lightning - plain, abs=1e-3)
+    # Three figures each rounded to 0.001 ms: their difference may be off by up to 0.0015.
+    assert plain > 0 and lightning > 0 and added == pytest.approx(lightning - plain, abs=0.0016)
 
 
 def test_float16_on_cpu_is_refused_with_the_fix():
