@@ -103,6 +103,22 @@ def _predict_warmup(x_test, batch_size):
     return x_test[:batch_size + len(x_test) % batch_size]
 
 
+def _timed_trainer(stamps: list[float], device, **settings):
+    """A Trainer that appends a timestamp (synced with the device) to ``stamps`` after every training batch, with
+    nothing else that costs time per step: no logger, checkpointing, progress bar or summary."""
+    import lightning as L
+
+    from lightning_cnn.callbacks import CPUTuning
+
+    class Stamp(L.Callback):
+        def on_train_batch_end(self, *args):
+            stamps.append(_stamp(device))
+
+    return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, callbacks=[Stamp(), CPUTuning()], **settings)
+
+
 def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device,
                       compiled):
     """The loop a PyTorch user writes by hand: slices of in-memory tensors, the recipe's optimizer, no framework."""
@@ -145,8 +161,9 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
         scaler.update()
         stamps.append(_stamp(device))
     model.eval()
+    warm = _predict_warmup(xt_test, batch_size)
     with torch.inference_mode(), autocast:
-        for i in range(0, len(warm := _predict_warmup(xt_test, batch_size)), batch_size):
+        for i in range(0, len(warm), batch_size):
             model(warm[i:i + batch_size])
         start = _stamp(device)
         for i in range(0, len(xt_test), batch_size):
@@ -160,7 +177,6 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
     import lightning as L
     import torch
 
-    from lightning_cnn.callbacks import CPUTuning
     from lightning_cnn.datamodule import InMemoryLoader
     from lightning_cnn.module import KerasRecipeModule
 
@@ -168,15 +184,7 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
     module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last, compiled=compiled)
     xt, yt, xt_test = _torch_tensors(x, y, x_test, device, module.memory_format == torch.channels_last)
     stamps: list[float] = []
-
-    class Stamp(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            stamps.append(_stamp(device))
-
-    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
-                        max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[Stamp(), CPUTuning()])
+    trainer = _timed_trainer(stamps, device, precision=precision, max_steps=steps)
     stamps.append(_stamp(device))
     trainer.fit(module, train_dataloaders=InMemoryLoader(xt, yt, batch_size, shuffle=True))
     test_loader = InMemoryLoader(xt_test, torch.zeros(len(xt_test), dtype=torch.long, device=device), batch_size,
@@ -213,7 +221,6 @@ def loop_floor_ms(contender: str, steps: int, batch_size: int = 32) -> float:
     else:
         import lightning as L
 
-        from lightning_cnn.callbacks import CPUTuning
         from lightning_cnn.datamodule import InMemoryLoader
 
         class NoWork(L.LightningModule):
@@ -228,12 +235,7 @@ def loop_floor_ms(contender: str, steps: int, batch_size: int = 32) -> float:
             def configure_optimizers(self):
                 return torch.optim.SGD(self.parameters(), lr=0.0)
 
-        class Stamp(L.Callback):
-            def on_train_batch_end(self, *args):
-                stamps.append(time.perf_counter())
-
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[Stamp(), CPUTuning()])
+        trainer = _timed_trainer(stamps, torch.device("cpu"))
         trainer.fit(NoWork(), train_dataloaders=InMemoryLoader(x, y, batch_size, shuffle=True))
     skip = len(stamps) // 10  # warm-up
     return 1e3 * statistics.median(b - a for a, b in zip(stamps[skip:], stamps[skip + 1:]))
