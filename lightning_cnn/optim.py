@@ -27,15 +27,36 @@ class KerasAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, **kwargs)
         for group in self.param_groups:
             group.setdefault("keras_eps", eps)
+        self._unsettled_found_inf = None
 
     @torch.no_grad()
     def step(self, closure=None):
         # The step count lives in the param group as a Python int (saved with the optimizer's state): reading it back
         # from torch's per-parameter step tensors would cost a device sync per step on CUDA.
+        self._settle_skipped_step()
         for group in self.param_groups:
             group["keras_step"] = group.get("keras_step", 0) + 1
             group["eps"] = group["keras_eps"] / math.sqrt(1 - group["betas"][1] ** group["keras_step"])
+        # Under float16 loss scaling, torch's GradScaler hands the fused kernel its inf/NaN flag as ``found_inf``;
+        # the kernel then skips the update (and un-counts its own step tensors), as Keras's LossScaleOptimizer does.
+        self._unsettled_found_inf = getattr(self, "found_inf", None)
         return super().step(closure)
+
+    def _settle_skipped_step(self):
+        """Un-counts the last step if the fused kernel skipped it. Read one step late: by then the flag has long been
+        computed, so on CUDA this does not stall the queue of work the way reading it right away would."""
+        found_inf, self._unsettled_found_inf = self._unsettled_found_inf, None
+        if found_inf is not None and found_inf.item():
+            for group in self.param_groups:
+                group["keras_step"] -= 1
+
+    def state_dict(self):
+        self._settle_skipped_step()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict):
+        self._unsettled_found_inf = None  # a flag about steps the loaded state replaces
+        super().load_state_dict(state_dict)
 
 
 class KerasRMSprop(torch.optim.Optimizer):

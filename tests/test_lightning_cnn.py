@@ -71,6 +71,35 @@ def test_recipe_optimizers_have_keras_settings():
     assert sgd_default.defaults["lr"] == 0.01 and sgd_default.defaults["momentum"] == 0.0
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_step_the_loss_scaler_skips_is_not_counted(fused):
+    """Keras's LossScaleOptimizer skips a step with inf/NaN gradients without counting it, so the bias correction
+    and epsilon of every later step are those of a run in which that step never happened. torch's GradScaler skips
+    it too (fused: inside the kernel, which is handed the flag); KerasAdam's own step count must follow. Gradients
+    of ~1e-6 make epsilon matter, so a miscounted step changes the weights, not only the count."""
+    torch.manual_seed(0)
+    grads = [torch.randn(5) * 1e-6 for _ in range(3)]
+    inf = torch.full((5,), float("inf"))
+
+    def run(steps):
+        weight = torch.nn.Parameter(torch.ones(5))
+        adam = KerasAdam([weight], fused=fused)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # halves its scale after the skipped step
+        counts = []
+        for grad in steps:
+            scaler.scale(torch.tensor(1.0))
+            weight.grad = grad * scaler.get_scale()  # a power of two: unscaling gives back exactly ``grad``
+            scaler.step(adam)
+            scaler.update()
+            counts.append(adam.state_dict()["param_groups"][0]["keras_step"])
+        return weight.detach(), counts
+
+    weights, counts = run([grads[0], inf, grads[1], grads[2]])
+    expected, _ = run([grads[0], grads[1], grads[2]])
+    assert torch.equal(weights, expected)
+    assert counts == [1, 1, 2, 3]
+
+
 def test_fast_dev_run_on_real_data(data_dir, tmp_path):
     result = script("train.py", "--fast-dev-run", "--data-dir", data_dir, "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
