@@ -41,11 +41,12 @@ def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
     return cls(**optimizer_settings(recipe))
 
 
-def compile_model(model: keras.Model, spec: ModelSpec) -> keras.Model:
+def compile_model(model: keras.Model, spec: ModelSpec, steps_per_execution: int = 1) -> keras.Model:
     """``model.compile`` as the document did: its optimizer and loss, ``metrics=['accuracy']``."""
     if spec.recipe.loss not in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
         raise ValueError(f"unsupported loss {spec.recipe.loss!r}")
-    model.compile(optimizer=make_optimizer(spec.recipe), loss=spec.recipe.loss, metrics=["accuracy"])
+    model.compile(optimizer=make_optimizer(spec.recipe), loss=spec.recipe.loss, metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
     return model
 
 

@@ -61,14 +61,20 @@ class InMemoryLoader:
     ``dataloader.sampler``) gives each epoch its own permutation, the same one again when a run resumes.
     ``pad_shards`` (default: ``shuffle``, i.e. training) evens out ranks like DistributedSampler; evaluation
     loaders leave shards uneven so that no sample is counted twice.
+    ``batches_per_item=k`` yields lists of k consecutive batches (the last list may be shorter), for a module that
+    takes k optimizer steps per Lightning step (``KerasRecipeModule(steps_per_execution=k)``); the batches and
+    their order are those of ``k=1``.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, *, pad_shards: bool | None = None, pin_memory: bool = False):
+                 drop_last: bool = False, *, pad_shards: bool | None = None, pin_memory: bool = False,
+                 batches_per_item: int = 1):
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batches_per_item < 1:
+            raise ValueError(f"batches_per_item must be at least 1, got {batches_per_item}")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -76,6 +82,7 @@ class InMemoryLoader:
         self.drop_last = drop_last
         self.pad_shards = shuffle if pad_shards is None else pad_shards
         self.pin_memory = pin_memory
+        self.batches_per_item = batches_per_item
         self.epoch = 0
 
     batch_sampler = None  # with ``sampler``, what Lightning inspects on anything that looks like a DataLoader
@@ -93,9 +100,23 @@ class InMemoryLoader:
 
     def __len__(self) -> int:
         samples = self._samples_on_this_rank(*_rank_and_world())
-        return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
+        batches = samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
+        return math.ceil(batches / self.batches_per_item)
 
     def __iter__(self):
+        if self.batches_per_item == 1:
+            yield from self._batches()
+            return
+        group = []
+        for batch in self._batches():
+            group.append(batch)
+            if len(group) == self.batches_per_item:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _batches(self):
         rank, world_size = _rank_and_world()
         contiguous = not self.shuffle and world_size == 1  # plain slices: views, no copy
         indices = None if contiguous else shard_indices(
@@ -140,14 +161,15 @@ class ArrayDataModule(L.LightningDataModule):
     the official 10,000 images (only possible with ``allow_partial_test=True``).
     ``device``: where the tensors live. Default: the trainer's device when it is a GPU (the data sets here are at
     most a few hundred MB, so they are copied once instead of once per batch), else CPU. ``pin_memory`` applies
-    to data kept on the CPU for a GPU run.
+    to data kept on the CPU for a GPU run. ``steps_per_execution=k``: the training loader yields lists of k
+    batches, for ``KerasRecipeModule(steps_per_execution=k)``.
     """
 
     def __init__(self, dataset: str, data_dir=None, batch_size: int = 32, validation_split: float = 0.0,
                  preprocessing: str = "scale_255", train_subset: int | None = None,
                  validation_test_head: int | None = None, seed: int = 0, allow_partial_test: bool = False,
                  download: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, steps_per_execution: int = 1):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}")
@@ -170,6 +192,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.download = download
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.device = None if device is None else torch.device(device)
+        self.steps_per_execution = steps_per_execution
         self.num_classes = len(CLASS_NAMES[dataset])
         self.class_names = CLASS_NAMES[dataset]
         self.x_train = self.y_train = self.x_val = self.y_val = self.x_test = self.y_test = None
@@ -234,7 +257,8 @@ class ArrayDataModule(L.LightningDataModule):
 
     def _loader(self, x, y, train: bool) -> InMemoryLoader:
         return InMemoryLoader(x, y, self.batch_size if train else self.eval_batch_size, shuffle=train,
-                              seed=self.seed, pin_memory=self.pin_memory and x.device.type == "cpu")
+                              seed=self.seed, pin_memory=self.pin_memory and x.device.type == "cpu",
+                              batches_per_item=self.steps_per_execution if train else 1)
 
     def train_dataloader(self) -> InMemoryLoader:
         return self._loader(self.x_train, self.y_train, train=True)

@@ -94,12 +94,19 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
     integer and one-hot labels, so the datamodule always supplies integer labels.
     ``compiled=True`` runs the network through ``torch.compile`` (compiled in place, so parameter names and
     checkpoints are the eager model's).
+    ``steps_per_execution=k`` is Keras's ``compile(steps_per_execution=k)``: each training step takes a list of
+    up to k batches (``InMemoryLoader(batches_per_item=k)``) and makes one optimizer step per batch, so Lightning's
+    own per-step work is paid once per k batches. The arithmetic, the order and ``global_step`` (optimizer steps)
+    are those of k=1; callbacks' per-batch hooks see one call per list.
     """
 
     def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None,
-                 channels_last: bool | None = None, compiled: bool = False):
+                 channels_last: bool | None = None, compiled: bool = False, steps_per_execution: int = 1):
         super().__init__()
+        if steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be at least 1, got {steps_per_execution}")
         self.save_hyperparameters()
+        self.automatic_optimization = steps_per_execution == 1  # k > 1: the steps are taken in training_step
         self.spec = get_spec(model_id)
         self.model = pool_before_activation_(build_model(model_id, init=init, seed=seed))
         if channels_last is None:  # NHWC, Keras's own layout, lets oneDNN/cuDNN pool and convolve faster
@@ -142,7 +149,15 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
         self._log_stage("test")
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        optimizer = self.optimizers()
+        grouped = isinstance(batch, list) and isinstance(batch[0], (tuple, list))  # not a DataLoader's [x, y]
+        for one in batch if grouped else [batch]:
+            loss = self._step(one, "train")
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")

@@ -46,6 +46,7 @@ class RunConfig:
     metrics_json: str | None = None
     init: str = "keras"
     compile: bool = False  # torch.compile the network
+    steps_per_execution: int = 1  # optimizer steps per Lightning step (Keras's compile argument of that name)
     train_images: str | None = None  # None: the recipe's training subset; "all" or a number overrides it
     weights: str = "auto"  # VGG16 transfer model: ImageNet weights file, "auto" (search caches) or "none"
     allow_partial_test: bool = False
@@ -76,6 +77,8 @@ def run(config: RunConfig) -> dict:
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_accelerator(config.accelerator)
+    if config.steps_per_execution < 1:
+        raise UsageError(f"--steps-per-execution {config.steps_per_execution}: use 1 or more batches per step")
     if config.resume and not Path(config.resume).is_file():
         raise UsageError(f"--resume {config.resume}: no such checkpoint file")
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -84,9 +87,11 @@ def run(config: RunConfig) -> dict:
 
     data = ArrayDataModule.from_spec(spec, data_dir=config.data_dir, seed=config.seed,
                                      allow_partial_test=config.allow_partial_test,
+                                     steps_per_execution=config.steps_per_execution,
                                      **({"batch_size": config.batch_size} if config.batch_size else {}))
     data.prepare_data()  # resolve (and validate) the data before any process is started
-    module = KerasRecipeModule(spec.id, init=config.init, seed=config.seed, compiled=config.compile)
+    module = KerasRecipeModule(spec.id, init=config.init, seed=config.seed, compiled=config.compile,
+                               steps_per_execution=config.steps_per_execution)
     if spec.layers[0][0] == "vgg16_features":
         weights = find_vgg16_weights(config.weights)  # raises WeightsNotFoundError saying where to put them
         if weights is not None:

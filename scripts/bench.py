@@ -5,6 +5,7 @@
     python scripts/bench.py --smoke                                         # seconds-long CI check
     python scripts/bench.py --compile --contenders plain_torch lightning    # both torch loops under torch.compile
     python scripts/bench.py --floor                                         # each loop's own cost per step
+    python scripts/bench.py --steps-per-execution 8   # Keras and Lightning both take 8 optimizer steps per call
     python scripts/bench.py --accelerator gpu --batch-sizes 32 512 --precision 32-true 16-mixed bf16-mixed \
         --contenders plain_torch lightning                                  # a CUDA machine without TensorFlow
 
@@ -15,6 +16,9 @@ On a GPU the data sit on the device and every step's timestamp waits for the dev
 A shared virtual machine's speed drifts by tens of percent from minute to minute, so the contenders run
 round-robin ``--repeats`` times: the table shows each one's median run (every run is in the JSON), and each ratio
 is the median of the rounds' ratios, each taken between runs made back to back.
+``--steps-per-execution K`` gives Keras ``compile(steps_per_execution=K)`` and Lightning its equivalent (K batches
+per Lightning step); a plain loop has no per-call overhead to spread, so it is unchanged. Timestamps are then
+taken once per K steps, and windows and warm-up are rounded up to whole groups.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def _stamp(device) -> float:
 AUTOCAST_DTYPES = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
 
-def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window):
+def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window, steps_per_execution):
     import keras
 
     import keras_ref
@@ -82,12 +86,12 @@ def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window
     if precision in AUTOCAST_DTYPES:
         keras.mixed_precision.set_global_policy("mixed_" + AUTOCAST_DTYPES[precision])
     model = keras_ref.build_model(spec.id, seed=0)
-    compile_model(model, spec)
+    compile_model(model, spec, steps_per_execution=steps_per_execution)
     labels = keras.utils.to_categorical(y, 10) if spec.recipe.loss == "categorical_crossentropy" else y
     stamps: list[float] = []
 
     class Stamp(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_end(self, batch, logs=None):  # once per execution of steps_per_execution steps
             stamps.append(time.perf_counter())
 
     stamps.append(time.perf_counter())
@@ -95,7 +99,15 @@ def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window
     model.predict(x_test[:batch_size * 4], batch_size=batch_size, verbose=0)  # warm the predict function
     start = time.perf_counter()
     model.predict(x_test, batch_size=batch_size, verbose=0)
-    return _windows(stamps, batch_size, warmup, window), len(x_test) / (time.perf_counter() - start)
+    return _grouped_windows(stamps, batch_size, warmup, window, steps_per_execution), \
+        len(x_test) / (time.perf_counter() - start)
+
+
+def _grouped_windows(stamps, batch_size, warmup, window, steps_per_execution):
+    """``_windows`` for stamps taken once per group of ``steps_per_execution`` steps (warm-up and window in steps,
+    whole groups: ``worker`` makes them multiples)."""
+    k = steps_per_execution
+    return _windows(stamps, batch_size * k, warmup // k, window // k)
 
 
 def _predict_warmup(x_test, batch_size):
@@ -119,9 +131,10 @@ def _timed_trainer(stamps: list[float], device, **settings):
                      num_sanity_val_steps=0, callbacks=[Stamp(), CPUTuning()], **settings)
 
 
-def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device,
-                      compiled):
-    """The loop a PyTorch user writes by hand: slices of in-memory tensors, the recipe's optimizer, no framework."""
+def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, steps_per_execution,
+                      channels_last, device, compiled):
+    """The loop a PyTorch user writes by hand: slices of in-memory tensors, the recipe's optimizer, no framework.
+    ``steps_per_execution`` is not used: the loop has no per-call overhead to spread over several steps."""
     import torch
     import torch.nn.functional as F
 
@@ -171,8 +184,8 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
     return _windows(stamps, batch_size, warmup, window), len(xt_test) / (_stamp(device) - start)
 
 
-def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, window, channels_last, device,
-                    compiled):
+def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, window, steps_per_execution,
+                    channels_last, device, compiled):
     """This project's training path: KerasRecipeModule + InMemoryLoader under a Lightning Trainer."""
     import lightning as L
     import torch
@@ -181,19 +194,22 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
     from lightning_cnn.module import KerasRecipeModule
 
     L.seed_everything(0, verbose=False)
-    module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last, compiled=compiled)
+    module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last, compiled=compiled,
+                               steps_per_execution=steps_per_execution)
     xt, yt, xt_test = _torch_tensors(x, y, x_test, device, module.memory_format == torch.channels_last)
     stamps: list[float] = []
     trainer = _timed_trainer(stamps, device, precision=precision, max_steps=steps)
     stamps.append(_stamp(device))
-    trainer.fit(module, train_dataloaders=InMemoryLoader(xt, yt, batch_size, shuffle=True))
+    trainer.fit(module, train_dataloaders=InMemoryLoader(xt, yt, batch_size, shuffle=True,
+                                                         batches_per_item=steps_per_execution))
     test_loader = InMemoryLoader(xt_test, torch.zeros(len(xt_test), dtype=torch.long, device=device), batch_size,
                                  shuffle=False)
     warm = _predict_warmup(xt_test, batch_size)
     trainer.predict(module, dataloaders=InMemoryLoader(warm, yt[:len(warm)], batch_size, False))
     start = _stamp(device)
     trainer.predict(module, dataloaders=test_loader)
-    return _windows(stamps, batch_size, warmup, window), len(xt_test) / (_stamp(device) - start)
+    return _grouped_windows(stamps, batch_size, warmup, window, steps_per_execution), \
+        len(xt_test) / (_stamp(device) - start)
 
 
 def loop_floor_ms(contender: str, steps: int, batch_size: int = 32) -> float:
@@ -261,9 +277,12 @@ def worker(args) -> dict:
 
     spec = get_spec(args.model)
     args.window = args.window or max(8, 3200 // args.batch_size)  # ~3,200 images a window at any batch size
+    whole_groups = lambda n: -(-n // args.steps_per_execution) * args.steps_per_execution  # noqa: E731
+    args.window, args.warmup = whole_groups(args.window), whole_groups(args.warmup)
     steps = args.warmup + args.windows * args.window
     x, y, x_test = _train_arrays(spec, args.data_dir, steps * args.batch_size)
-    common = (spec, x, y, x_test, args.batch_size, args.precision, steps, args.warmup, args.window)
+    common = (spec, x, y, x_test, args.batch_size, args.precision, steps, args.warmup, args.window,
+              args.steps_per_execution)
     if args.contender == "keras":
         train_rate, predict_rate = bench_keras(*common)
     else:
@@ -275,7 +294,8 @@ def worker(args) -> dict:
     flops = _train_flops_per_image(spec)
     return {"model": spec.id, "batch_size": args.batch_size, "precision": args.precision,
             "contender": args.contender, "accelerator": args.accelerator, "compiled": args.compile and
-            args.contender != "keras", "images_per_s": round(train_rate, 1),
+            args.contender != "keras", "steps_per_execution": 1 if args.contender == "plain_torch" else
+            args.steps_per_execution, "images_per_s": round(train_rate, 1),
             "predict_images_per_s": round(predict_rate, 1),
             "peak_mem_mb": round(_peak_mem_mb(args.contender, args.accelerator), 1),
             "gflops_per_s": round(train_rate * flops / 1e9, 2)}
@@ -359,7 +379,8 @@ def render(records: list[dict], command: str, peaks: dict, accelerator: str = "c
         peak = peaks[AUTOCAST_DTYPES.get(r["precision"], "float32")]
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['contender']}"
-            f"{' (compiled)' if r.get('compiled') else ''} | {r['images_per_s']:,.0f} "
+            f"{' (compiled)' if r.get('compiled') else ''}"
+            f"{f' ({k} steps/execution)' if (k := r.get('steps_per_execution', 1)) > 1 else ''} | {r['images_per_s']:,.0f} "
             f"| {r['gflops_per_s']:.1f} | {100 * r['gflops_per_s'] / peak:.1f}% | {r['predict_images_per_s']:,.0f} "
             f"| {r['peak_mem_mb']:,.0f} | {ratio('keras')} | {ratio('plain_torch')} "
             f"| {ratio('keras', 'predict_images_per_s')} |")
@@ -374,6 +395,7 @@ def _run_worker(args, model, batch_size, precision, contender) -> dict | None:
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--memory-format", args.memory_format, "--accelerator", args.accelerator]
     cmd += ["--compile"] if args.compile else []
+    cmd += ["--steps-per-execution", str(args.steps_per_execution)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if done.returncode or line is None:
@@ -406,6 +428,8 @@ def main(argv=None) -> int:
     p.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
                    help="torch contenders' layout (default auto: channels_last for CNNs, as KerasRecipeModule)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network in both torch contenders")
+    p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
+                   help="Keras compile(steps_per_execution=K) and Lightning's K batches per step")
     p.add_argument("--floor", action="store_true", help="only measure each loop's own per-step cost (no model)")
     p.add_argument("--floor-steps", type=int, default=2000, help=argparse.SUPPRESS)
     p.add_argument("--floor-worker", choices=["plain_torch", "lightning"], help=argparse.SUPPRESS)
@@ -427,6 +451,8 @@ def main(argv=None) -> int:
         args.precision = args.precision[0]
         print("BENCH " + json.dumps(worker(args)), flush=True)
         return 0
+    if args.steps_per_execution < 1:
+        p.error(f"--steps-per-execution {args.steps_per_execution}: use 1 or more steps per call")
     if args.accelerator == "cpu" and "16-mixed" in args.precision:
         p.error("--precision 16-mixed is float16 autocast with loss scaling, a CUDA recipe: use --accelerator gpu, "
                 "or bf16-mixed on CPU")

@@ -35,6 +35,9 @@ def parse_args(argv=None) -> RunConfig:
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (inductor); pays off on CUDA, "
                    "not on a small CPU (see README, Benchmarks)")
+    p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
+                   help="batches per Lightning step, one optimizer step each (Keras's steps_per_execution): "
+                   "the same training, less per-step overhead; progress bar and callbacks count groups")
     p.add_argument("--init", default="keras", choices=["keras", "torch"], help="initialisers (default: Keras's)")
     p.add_argument("--weights", default="auto", help="cifar10_vgg16_transfer: ImageNet weights (.safetensors from "
                    "scripts/convert_vgg16_weights.py, or torchvision's .pth), 'auto' to search the caches, or 'none'")

@@ -56,6 +56,29 @@ def test_bench_smoke_compiled_torch_contenders(data_dir, tmp_path):
     assert "lightning (compiled)" in table.read_text()
 
 
+@pytest.mark.keras
+def test_bench_smoke_steps_per_execution(data_dir, tmp_path):
+    out, table = tmp_path / "records.json", tmp_path / "bench.md"
+    done = bench("--smoke", "--steps-per-execution", 2, "--data-dir", data_dir, "--json", out, "--out", table)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["contender"], r["steps_per_execution"]) for r in records] == [
+        ("keras", 2), ("plain_torch", 1), ("lightning", 2)]
+    assert all(r["images_per_s"] > 0 for r in records)
+    assert "keras (2 steps/execution)" in table.read_text() and "lightning (2 steps/execution)" in table.read_text()
+    assert bench("--smoke", "--steps-per-execution", 0).returncode == 2
+
+
+def test_grouped_windows_count_images_per_group_of_steps():
+    """Stamps once per 4 steps of batch 8, one group of warm-up, windows of 8 steps: 64 images per window."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench import _grouped_windows
+
+    stamps = [0.0, 1.0, 2.0, 4.0, 5.0, 7.0]  # groups take 1, 1, 2, 1, 2 s
+    assert _grouped_windows(stamps, 8, 4, 8, 4) == 64 / 3  # windows [1, 4] s and [4, 7] s: 3 s each
+    assert _grouped_windows(stamps[:4], 8, 0, 1, 1) == 8  # a stamp a step: 8 images in 1, 1 and 2 s; median 8
+
+
 def test_ratios_pair_the_runs_of_each_round():
     """Lightning ran at half the plain loop's speed in two of three rounds; the medians (30 vs 30) would hide it."""
     sys.path.insert(0, str(REPO / "scripts"))

@@ -165,6 +165,29 @@ def test_drop_last_and_evaluation_order():
     assert [y.tolist() for _, y in toy_loader(n=5, batch_size=2, shuffle=False)] == [[0, 1], [2, 3], [4]]
 
 
+def test_grouped_batches_are_the_same_batches_in_the_same_order():
+    for epoch in (0, 1):
+        plain, grouped = toy_loader(n=23, batch_size=4), toy_loader(n=23, batch_size=4, batches_per_item=4)
+        plain.set_epoch(epoch)
+        grouped.set_epoch(epoch)
+        groups = list(grouped)
+        assert [len(group) for group in groups] == [4, 2] and len(grouped) == 2  # 6 batches, the last of 3
+        flat = [batch for group in groups for batch in group]
+        assert [y.tolist() for _, y in flat] == [y.tolist() for _, y in plain]
+        assert all(torch.equal(x[:, 0].long(), y) for x, y in flat)
+    assert len(toy_loader(n=23, batch_size=4, batches_per_item=2, drop_last=True)) == 3
+    with pytest.raises(ValueError, match="batches_per_item must be at least 1"):
+        toy_loader(batches_per_item=0)
+
+
+def test_steps_per_execution_groups_training_batches_only(mnist_module):
+    m = ArrayDataModule("mnist", batch_size=32, steps_per_execution=3)
+    m.x_train, m.y_train, m.x_test, m.y_test = mnist_module.x_train, mnist_module.y_train, mnist_module.x_test, \
+        mnist_module.y_test
+    assert m.train_dataloader().batches_per_item == 3 and len(m.train_dataloader()) == math.ceil(1875 / 3)
+    assert m.test_dataloader().batches_per_item == 1 and m.predict_dataloader().batches_per_item == 1
+
+
 def test_lightning_sets_the_epoch_through_the_sampler():
     loader = toy_loader()
     assert loader.sampler is loader

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -207,10 +208,12 @@ def _final_weights(path):
     return {k: v for k, v in state.items() if k.startswith("model.")}
 
 
-def test_resume_continues_to_the_same_result(data_dir, tmp_path):
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_resume_continues_to_the_same_result(data_dir, tmp_path, steps_per_execution):
     # mnist_cnn_dropout has dropout (RNG), a validation split and EarlyStopping: the hardest case for resume.
-    common = dict(model="mnist_cnn_dropout", data_dir=str(data_dir), limit_train_batches=20, limit_val_batches=5,
-                  seed=3, verbose=False)
+    # With 4 batches a step the optimizer steps are Lightning's manual ones, whose count a checkpoint also carries.
+    common = dict(model="mnist_cnn_dropout", data_dir=str(data_dir), limit_train_batches=20 // steps_per_execution,
+                  limit_val_batches=5, seed=3, verbose=False, steps_per_execution=steps_per_execution)
     straight = run(RunConfig(out=str(tmp_path / "straight"), epochs=2, **common))
     run(RunConfig(out=str(tmp_path / "resumed"), epochs=1, **common))
     resumed = run(RunConfig(out=str(tmp_path / "resumed"), epochs=2,
@@ -281,6 +284,48 @@ def test_ddp_two_cpu_processes_see_each_sample_once(data_dir, tmp_path):
     assert saved["test_samples"] == 1000 and saved["test_is_partial"]
     assert len(saved["history"]["val_loss"]) == 2
     assert "first 1,000 test images" in result.stdout
+
+
+@pytest.mark.parametrize("model_id, precision", [("mnist_cnn_small", "32-true"), ("mnist_cnn_dropout", "32-true"),
+                                                 ("mnist_cnn_small", "bf16-mixed")])
+def test_steps_per_execution_trains_exactly_as_one_step_per_batch(data_dir, tmp_path, model_id, precision):
+    """Grouping batches changes who loops over them, not what is computed: 2 epochs of 11 batches (the last one
+    short, the last group of 2) give bit-identical weights, history, validation (dropout's split) and test
+    results, and the same number of optimizer steps. Dropout draws from the RNG in the same order too."""
+    runs = {}
+    for k in (1, 3):
+        out = tmp_path / f"k{k}"
+        result = run(RunConfig(model=model_id, epochs=2, train_images="325", batch_size=32, precision=precision,
+                               data_dir=data_dir, out=str(out), steps_per_execution=k, verbose=False))
+        runs[k] = result, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    (one, one_ckpt), (grouped, grouped_ckpt) = runs[1], runs[3]
+    assert grouped_ckpt["global_step"] == one_ckpt["global_step"] == 2 * math.ceil(325 * (
+        1 - get_spec(model_id).recipe.validation_split) / 32)
+    assert one_ckpt["state_dict"].keys() == grouped_ckpt["state_dict"].keys()
+    assert all(torch.equal(one_ckpt["state_dict"][name], grouped_ckpt["state_dict"][name])
+               for name in one_ckpt["state_dict"])
+    assert grouped["history"] == one["history"]
+    assert (grouped["test_loss"], grouped["test_accuracy"]) == (one["test_loss"], one["test_accuracy"])
+
+
+def test_steps_per_execution_takes_a_plain_dataloader_batch_as_one_batch(data_dir):
+    """torch's DataLoader collates (x, y) samples into a list [x, y]: that is one batch, not a group of two."""
+    import lightning as L
+
+    from lightning_cnn.module import KerasRecipeModule
+
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    module = KerasRecipeModule("mnist_cnn_small", seed=0, steps_per_execution=2)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, loader)
+    assert trainer.global_step == 2 and trainer.callback_metrics["train_samples"] == 64
+
+
+def test_steps_per_execution_below_one_is_refused(data_dir):
+    result = script("train.py", "--steps-per-execution", "0", "--data-dir", data_dir)
+    assert result.returncode == 2 and "--steps-per-execution 0" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_gpu_request_without_gpu_is_one_clear_line(data_dir):
