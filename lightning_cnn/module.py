@@ -9,6 +9,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .models import build_model, pool_before_activation_
+from .onednn import onednn_forward
 from .optim import make_optimizer
 from .specs import get_spec
 
@@ -94,6 +95,9 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
     integer and one-hot labels, so the datamodule always supplies integer labels.
     ``compiled=True`` runs the network through ``torch.compile`` (compiled in place, so parameter names and
     checkpoints are the eager model's).
+    On CPU in float32, validation, test and predict run an inference copy of the network in oneDNN's own layout
+    (``onednn.onednn_forward``), rebuilt from the current weights at the start of each of those epochs; ``forward``
+    itself stays eager.
     ``steps_per_execution=k`` is Keras's ``compile(steps_per_execution=k)``: each training step takes a list of
     up to k batches (``InMemoryLoader(batches_per_item=k)``) and makes one optimizer step per batch, so Lightning's
     own per-step work is paid once per k batches. The arithmetic, the order and ``global_step`` (optimizer steps)
@@ -117,13 +121,26 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
             self.model.compile()
         self.train_metrics, self.val_metrics, self.test_metrics = (
             StageMetrics(self.spec.num_classes) for _ in range(3))
+        self._inference_copy = None  # onednn_forward(self.model) during an evaluation epoch, where it applies
+
+    def _evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self._inference_copy is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
+            and not torch.is_autocast_enabled("cpu")
+        return self._inference_copy(x) if fast else self(x)
+
+    def _start_evaluation(self):
+        compiled = self.hparams.compiled  # torch.compile has its own fusions; keep what the user asked for
+        self._inference_copy = None if compiled or self.model.training else onednn_forward(self.model)
+
+    def _end_evaluation(self):
+        self._inference_copy = None  # built from weights that training is about to change
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))
 
     def _step(self, batch, stage: str):
         x, y = batch
-        logits = self(x)
+        logits = self(x) if stage == "train" else self._evaluation_logits(x)
         loss = F.cross_entropy(logits.float(), y)
         getattr(self, f"{stage}_metrics").update(loss, logits, y)
         return loss
@@ -144,9 +161,23 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
 
     def on_validation_epoch_start(self):
         self._log_stage("val")
+        self._start_evaluation()
 
     def on_test_epoch_start(self):
         self._log_stage("test")
+        self._start_evaluation()
+
+    def on_predict_epoch_start(self):
+        self._start_evaluation()
+
+    def on_validation_epoch_end(self):
+        self._end_evaluation()
+
+    def on_test_epoch_end(self):
+        self._end_evaluation()
+
+    def on_predict_epoch_end(self):
+        self._end_evaluation()
 
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
@@ -167,7 +198,7 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return torch.softmax(self(x).float(), dim=1)
+        return torch.softmax(self._evaluation_logits(x).float(), dim=1)
 
     def configure_optimizers(self):
         return make_optimizer([p for p in self.parameters() if p.requires_grad], self.spec.recipe)
