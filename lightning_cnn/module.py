@@ -130,7 +130,7 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
 
     def _start_evaluation(self):
         compiled = self.hparams.compiled  # torch.compile has its own fusions; keep what the user asked for
-        self._inference_copy = None if compiled or self.model.training else onednn_forward(self.model)
+        self._inference_copy = None if compiled else onednn_forward(self.model)
 
     def _end_evaluation(self):
         self._inference_copy = None  # built from weights that training is about to change

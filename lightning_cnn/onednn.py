@@ -75,10 +75,10 @@ def onednn_forward(model: nn.Sequential) -> OneDNNForward | None:
     """The oneDNN inference copy of ``model``, or None where it can't be made or would not help.
 
     Taken: convolutions (symmetric padding), max-pools, ReLU, dropout, up to the first ``Flatten``, float32 on
-    CPU. None: no convolution to speed up, another layer kind before the ``Flatten`` (e.g. sigmoid), or weights
-    that are not float32 on the CPU.
+    CPU. None: a model in training mode (the copy would skip its dropout), no convolution to speed up, another
+    layer kind before the ``Flatten`` (e.g. sigmoid), or weights that are not float32 on the CPU.
     """
-    if not torch.backends.mkldnn.is_available():
+    if model.training or not torch.backends.mkldnn.is_available():
         return None
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
         return None

@@ -59,6 +59,12 @@ def test_layers_it_cannot_take_leave_the_network_eager(layers, why):
     assert onednn_forward(build_from_layers(layers, (28, 28, 1)).eval()) is None, why
 
 
+def test_a_network_in_training_mode_is_not_copied():
+    """The copy is for inference: it would skip the dropout that training mode asks for."""
+    model = KerasRecipeModule("mnist_cnn_dropout", seed=0).model
+    assert onednn_forward(model.train()) is None and onednn_forward(model.eval()) is not None
+
+
 def test_evaluation_uses_the_copy_on_cpu_float32_only_while_evaluating(data_dir):
     x, y = _test_images(data_dir, "mnist_cnn_small")
     module = KerasRecipeModule("mnist_cnn_small", seed=0)
