@@ -56,6 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import keras  # noqa: E402
+from lightning_cnn.errors import UserError  # noqa: E402
 from lightning_cnn.models import Conv2d, Linear, SamePad2d  # noqa: E402
 
 __all__ = [
@@ -71,7 +72,7 @@ SUPPORTED_KERAS_LAYERS = (
 )
 
 
-class ParityError(ValueError):
+class ParityError(ValueError, UserError):
     """The two models cannot be made to compute the same thing; the message says which layer and why."""
 
 

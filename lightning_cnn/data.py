@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_cnn.atomic import atomic_path
+from lightning_cnn.errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -85,7 +86,7 @@ _DOWNLOADS = {
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Any data problem; ``str(error)`` is a complete message for the user."""
 
 

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from .data import preprocess
+from .errors import UserError
 from .models import build_model
 from .specs import ModelSpec, get_spec
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
     pass
 
 

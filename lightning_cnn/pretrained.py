@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import UserError
+
 CONVERTED_NAME = "vgg16_notop_imagenet_keras.safetensors"
 TORCHVISION_NAME = "vgg16-397923af.pth"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(FileNotFoundError, UserError):
     pass
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .errors import UserError
+
 # --- layers -------------------------------------------------------------------------------------------------
 # Each layer is (kind, options). Options use Keras's names; each builder maps them to its own framework.
 
@@ -198,7 +200,7 @@ SPECS: dict[str, ModelSpec] = {spec.id: spec for spec in _SPECS}
 DEFAULT_MODEL = "mnist_cnn_small"
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(KeyError, UserError):
     def __str__(self) -> str:
         return self.args[0]
 
