@@ -41,6 +41,7 @@ same layout on both sides.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import keras  # noqa: E402
-from lightning_cnn.errors import UserError  # noqa: E402
+from lightning_cnn.atomic import write_text  # noqa: E402
+from lightning_cnn.errors import UserError, exit_on_user_error  # noqa: E402
 from lightning_cnn.models import Conv2d, Linear, SamePad2d  # noqa: E402
 
 __all__ = [
@@ -600,25 +602,96 @@ def max_abs_diff(keras_model, torch_module: nn.Module, x_nhwc: np.ndarray) -> fl
     return float(np.max(np.abs(got - expected)))
 
 
+class ParityUsageError(ValueError, UserError):
+    """A bad argument to ``python -m keras_ref.parity`` (a missing file, inputs of the wrong shape): exit 2."""
+
+
+def _load_inputs(path: str, input_shape: tuple, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y or None) from an .npz: x under "x" (or the only array), labels optionally under "y"; Keras layout."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            names = list(arrays.files)
+            key = "x" if "x" in names else names[0] if len(names) == 1 else None
+            if key is None:
+                raise ParityUsageError(f"--inputs {path}: holds {names}; put the samples under 'x' (labels, "
+                                       "optional, under 'y')")
+            x, y = arrays[key][:batch], (arrays["y"][:batch].reshape(-1) if "y" in names else None)
+    except (OSError, ValueError) as error:
+        raise ParityUsageError(f"--inputs {path}: not a readable .npz file ({error})") from None
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise ParityUsageError(f"--inputs {path}: samples of shape {tuple(x.shape[1:])}, the model takes "
+                               f"{tuple(input_shape)} (Keras layout, batch axis first)")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0  # images as saved: the scaling the project's data layer applies
+    return x.astype(np.float32), y
+
+
+def _report(model, twin, x, source: str, atol: float) -> dict:
+    diff = max_abs_diff(model, twin, x)
+    return {"model": model.name, "parameters": sum(p.numel() for p in twin.parameters()), "inputs": source,
+            "samples": int(len(x)), "max_abs_diff": diff, "atol": atol, "passed": diff <= atol,
+            "versions": {"keras": keras.__version__, "torch": torch.__version__, "numpy": np.__version__}}
+
+
 def main(argv=None) -> int:
+    from .step_parity import TRAIN_ATOL, compile_config_of, train_step_parity
+
     parser = argparse.ArgumentParser(
         prog="python -m keras_ref.parity",
         description="Check a Keras model file against its PyTorch twin (loaded with safe_mode=True: Lambda code "
-                    "is never run). Exit status 0 when the max abs difference is within --atol.")
+                    "is never run). Exit status 0 when within tolerance, 1 when not, 2 for bad input.")
     parser.add_argument("model", help=".keras or .h5 file")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="samples compared (the first N of --inputs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument("--atol", type=float, default=1e-5, help="max |Keras - PyTorch| of the outputs")
+    parser.add_argument("--inputs", metavar="NPZ", help="real samples: array 'x' in Keras layout (uint8 images are "
+                        "scaled by 1/255), optional labels 'y' for --train-steps; default: random in [0, 1)")
+    parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                        help="write the report as JSON to PATH, or to stdout without PATH (then nothing else is "
+                        "printed there)")
+    parser.add_argument("--train-steps", type=int, default=0, metavar="N",
+                        help="also train N steps on both sides with the file's own optimizer and loss (its compile "
+                        "config; Adam + sparse categorical cross-entropy if it has none) and compare the weights")
+    parser.add_argument("--train-atol", type=float, default=TRAIN_ATOL,
+                        help=f"max |Δ| of any weight after --train-steps (default {TRAIN_ATOL:g})")
     args = parser.parse_args(argv)
-    model = load_keras_model(args.model)
+    if args.batch < 1 or args.train_steps < 0:
+        raise ParityUsageError("--batch must be at least 1 and --train-steps at least 0")
+    try:
+        model = load_keras_model(args.model)
+    except (OSError, ValueError) as error:
+        raise ParityUsageError(f"{args.model}: cannot load it as a Keras model ({error})") from None
     twin = keras_to_torch(model)
     shape = _model_input_shape(model)[1:]
-    x = np.random.default_rng(args.seed).random((args.batch, *shape), dtype=np.float32)
-    diff = max_abs_diff(model, twin, x)
-    print(f"{model.name}: {sum(p.numel() for p in twin.parameters()):,} parameters; "
-          f"max |Keras - PyTorch| on {args.batch} random inputs in [0, 1) = {diff:.3g} (atol {args.atol:g})")
-    return 0 if diff <= args.atol else 1
+    rng = np.random.default_rng(args.seed)
+    if args.inputs:
+        x, y = _load_inputs(args.inputs, shape, args.batch)
+    else:
+        x, y = rng.random((args.batch, *shape), dtype=np.float32), None
+    report = _report(model, twin, x, args.inputs or "random [0, 1)", args.atol)
+    lines = [f"{model.name}: {report['parameters']:,} parameters; max |Keras - PyTorch| on {len(x)} "
+             f"{'samples from ' + args.inputs if args.inputs else 'random inputs in [0, 1)'} = "
+             f"{report['max_abs_diff']:.3g} (atol {args.atol:g})"]
+    if args.train_steps:
+        if y is None:
+            y = rng.integers(0, int(model.outputs[0].shape[-1]), len(x))
+        steps = train_step_parity(model, x, y, args.train_steps, compile_config_of(args.model))
+        steps.update(atol=args.train_atol, passed=steps["max_abs_weight_diff"] <= args.train_atol,
+                     labels="from --inputs" if args.inputs and y is not None else "random")
+        report["train_steps"] = steps
+        report["passed"] = report["passed"] and steps["passed"]
+        lines.append(f"after {steps['steps']} {steps['optimizer']} steps on {steps['loss']}: max |Δ weight| = "
+                     f"{steps['max_abs_weight_diff']:.3g} at {steps['worst_weight']} (atol {args.train_atol:g})")
+    if args.json:
+        text = json.dumps(report, indent=2) + "\n"
+        if args.json == "-":
+            print(text, end="")
+        else:
+            write_text(args.json, text)
+    if args.json != "-":
+        print("\n".join(lines))
+    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_on_user_error(main))

@@ -9,6 +9,12 @@ with Keras's hyper-parameters; where the formula differs, the difference is made
 - RMSprop: Keras divides by sqrt(v + eps), torch by sqrt(v) + eps; torch has no switch for that, so KerasRMSprop
   implements Keras's formula.
 - Adadelta and SGD with momentum: same formulas; only the defaults differ (epsilon 1e-7, Keras 3 lr 0.001).
+  SGD with nesterov=True too: Keras's w += m*v - lr*g with v = m*v - lr*g is torch's nesterov step.
+- weight_decay (any Keras optimizer, AdamW's default 0.004): Keras shrinks each variable by lr * wd * w *before*
+  the update, decoupled from the gradient; ``add_keras_weight_decay`` does exactly that in a step pre-hook (torch's
+  own ``weight_decay`` of SGD/Adam is an L2 term in the gradient, a different thing).
+
+``make_keras_optimizer`` builds these from a Keras optimizer config (``model.get_compile_config()["optimizer"]``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,12 @@ import math
 
 import torch
 
+from .errors import UserError
 from .specs import Recipe, optimizer_settings
+
+
+class UnsupportedOptimizerError(ValueError, UserError):
+    """A Keras optimizer (or one of its settings) that has no Keras-equivalent torch optimizer here."""
 
 
 class KerasAdam(torch.optim.Adam):
@@ -122,3 +133,65 @@ def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=s["learning_rate"], momentum=s["momentum"], fused=fused)
     raise ValueError(f"unknown optimizer {name!r} in recipe; supported: adam, rmsprop, adadelta, sgd")
+
+
+def add_keras_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> torch.optim.Optimizer:
+    """Keras's decoupled weight decay: before each step, w -= lr * weight_decay * w for every parameter."""
+
+    def decay(opt, args, kwargs):
+        with torch.no_grad():
+            for group in opt.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                if params:
+                    torch._foreach_mul_(params, 1.0 - group["lr"] * weight_decay)
+
+    optimizer.register_step_pre_hook(decay)
+    return optimizer
+
+
+# Keras optimizer class -> (name in KERAS_OPTIMIZER_DEFAULTS / make_optimizer, the config keys it takes).
+KERAS_OPTIMIZER_CLASSES = {
+    "SGD": ("sgd", ("learning_rate", "momentum", "nesterov")),
+    "Adam": ("adam", ("learning_rate", "beta_1", "beta_2", "epsilon")),
+    "AdamW": ("adam", ("learning_rate", "beta_1", "beta_2", "epsilon")),
+    "RMSprop": ("rmsprop", ("learning_rate", "rho", "momentum", "epsilon")),
+    "Adadelta": ("adadelta", ("learning_rate", "rho", "epsilon")),
+}
+# Settings that change what a step does and have no counterpart here: refused unless at their neutral value.
+_NEUTRAL_SETTINGS = {"clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False,
+                     "loss_scale_factor": None, "gradient_accumulation_steps": None, "amsgrad": False,
+                     "centered": False}
+
+
+def make_keras_optimizer(params, keras_config: dict | str) -> torch.optim.Optimizer:
+    """The torch optimizer that takes Keras's steps for a serialized Keras optimizer (dict or a name like "adam")."""
+    if isinstance(keras_config, str):
+        keras_config = {"class_name": {"sgd": "SGD", "adamw": "AdamW", "rmsprop": "RMSprop"}.get(
+            keras_config.lower(), keras_config.capitalize()), "config": {}}
+    class_name, config = keras_config.get("class_name"), dict(keras_config.get("config") or {})
+    if class_name not in KERAS_OPTIMIZER_CLASSES:
+        raise UnsupportedOptimizerError(
+            f"Keras optimizer {class_name!r} is not supported for training the twin; supported: "
+            f"{', '.join(KERAS_OPTIMIZER_CLASSES)} (recompile the model with one of them)")
+    for key, neutral in _NEUTRAL_SETTINGS.items():
+        if config.get(key, neutral) != neutral:
+            raise UnsupportedOptimizerError(
+                f"Keras optimizer {class_name} has {key}={config[key]!r}, which is not supported for training the "
+                f"twin (only {key}={neutral!r}); recompile the model without it")
+    if not isinstance(config.get("learning_rate", 0.0), (int, float)):
+        raise UnsupportedOptimizerError(
+            f"Keras optimizer {class_name} has a learning-rate schedule ({config['learning_rate']!r}); only a "
+            "constant learning rate is supported (use a Lightning LR scheduler callback for schedules)")
+    name, keys = KERAS_OPTIMIZER_CLASSES[class_name]
+    args = {key: config[key] for key in keys if config.get(key) is not None}
+    nesterov = bool(args.pop("nesterov", False))
+    recipe = Recipe(optimizer=name, optimizer_args=args)
+    params = list(params)
+    s = optimizer_settings(recipe)
+    if nesterov and s["momentum"] > 0:  # Keras's nesterov without momentum is plain SGD
+        optimizer = torch.optim.SGD(params, lr=s["learning_rate"], momentum=s["momentum"], nesterov=True,
+                                    fused=_fused_kernels_apply(params) or None)
+    else:
+        optimizer = make_optimizer(params, recipe)
+    weight_decay = config.get("weight_decay") or (0.004 if class_name == "AdamW" else 0.0)
+    return add_keras_weight_decay(optimizer, float(weight_decay)) if weight_decay else optimizer

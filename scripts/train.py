@@ -3,6 +3,7 @@
     python scripts/train.py                                  # mnist_cnn_small, 5 epochs, CPU or GPU
     python scripts/train.py --accelerator gpu --precision 16-mixed
     python scripts/train.py --model mnist_cnn_dropout --devices 2 --strategy ddp --accelerator cpu
+    python scripts/train.py --keras-model my_model.keras --dataset mnist   # your own Keras model, as its twin
 """
 
 import argparse
@@ -11,7 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from lightning_cnn.converted_training import run_keras_model  # noqa: E402
 from lightning_cnn.data import DataError  # noqa: E402
+from lightning_cnn.errors import UserError  # noqa: E402
 from lightning_cnn.pretrained import WeightsNotFoundError  # noqa: E402
 from lightning_cnn.specs import DEFAULT_MODEL, UnknownModelError, list_models  # noqa: E402
 from lightning_cnn.training import RunConfig, UsageError, run  # noqa: E402
@@ -19,6 +22,10 @@ from lightning_cnn.training import RunConfig, UsageError, run  # noqa: E402
 
 def parse_args(argv=None) -> RunConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keras-model", metavar="PATH", help="train this Keras model's PyTorch twin instead of --model: "
+                   "a folder from python -m keras_ref.convert (no TensorFlow needed) or a .keras file; its own "
+                   "compile config (optimizer, loss) is used; default 1 epoch, batch 32")
+    p.add_argument("--dataset", choices=["mnist", "fashion_mnist", "cifar10"], help="with --keras-model: the data")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL}); one of: "
                    + ", ".join(list_models()))
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
@@ -48,16 +55,23 @@ def parse_args(argv=None) -> RunConfig:
     for stage in ("train", "val", "test"):
         p.add_argument(f"--limit-{stage}-batches", type=float, help="Lightning's limit: a fraction or a count")
     args = vars(p.parse_args(argv))
+    keras_model, dataset = args.pop("keras_model"), args.pop("dataset")
+    if (keras_model is None) != (dataset is None):
+        p.error("--keras-model and --dataset go together")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if args[key] is not None and args[key] >= 1:
             args[key] = int(args[key])
-    return RunConfig(**args)
+    return RunConfig(**args, extra={"keras_model": keras_model, "dataset": dataset} if keras_model else {})
 
 
 def main(argv=None) -> int:
     try:
-        run(parse_args(argv))
-    except (UsageError, UnknownModelError, DataError, WeightsNotFoundError) as error:
+        config = parse_args(argv)
+        if config.extra:
+            run_keras_model(config, config.extra["keras_model"], config.extra["dataset"])
+        else:
+            run(config)
+    except (UsageError, UnknownModelError, DataError, WeightsNotFoundError, UserError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

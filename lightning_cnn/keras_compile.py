@@ -1,0 +1,198 @@
+"""Train any ``nn.Module`` (a converted Keras twin) the way its Keras ``model.compile(...)`` says. TF-free.
+
+``KerasCompile.from_config(model.get_compile_config())`` reads the optimizer, the loss and the metrics;
+``CompiledTwinModule`` trains the module with them under Lightning, reporting loss and accuracy like
+``KerasRecipeModule`` does.
+
+Losses, with integer class labels y (what the data modules here supply):
+- sparse_categorical_crossentropy / categorical_crossentropy (y one-hot, label_smoothing as Keras): with
+  ``from_logits=True``, cross-entropy on the output. With ``from_logits=False`` the output is probabilities; when
+  the twin's last operation is an ``nn.Softmax`` module, its *input* (the logits) is used instead, as Keras's
+  TensorFlow backend does with ``_keras_logits``: the same loss, computed stably, and never softmax twice. When it
+  is not (a functional softmax, a sigmoid), Keras's probability formula is used: normalise, clip to
+  [1e-7, 1 - 1e-7], -sum(y log p).
+- binary_crossentropy: y one-hot against the output (one sigmoid per class). Keras reads the logits of whichever
+  activation produced the output, a sigmoid *or a softmax* (its ``_get_logits`` checks ``_keras_logits`` only), and
+  applies sigmoid cross-entropy to them; so does this, to train what Keras trains. Else clipped probabilities.
+- mean_squared_error (mse): mean((one_hot(y) - output)^2).
+Accuracy is argmax agreement (the argmax of probabilities is that of logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .module import PlainAttributeFastPath, StageMetrics
+from .optim import make_keras_optimizer
+
+KERAS_EPSILON = 1e-7  # keras.config.epsilon(): Keras clips probabilities to [eps, 1 - eps] before the log
+
+# Keras loss names and aliases -> (canonical name, the final activations whose input is taken as the logits).
+LOSSES = {
+    "sparse_categorical_crossentropy": ("sparse_categorical_crossentropy", (nn.Softmax,)),
+    "categorical_crossentropy": ("categorical_crossentropy", (nn.Softmax,)),
+    "binary_crossentropy": ("binary_crossentropy", (nn.Sigmoid, nn.Softmax)),
+    "mean_squared_error": ("mean_squared_error", ()),
+    "mse": ("mean_squared_error", ()),
+}
+_LOSS_CLASSES = {"SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+                 "CategoricalCrossentropy": "categorical_crossentropy",
+                 "BinaryCrossentropy": "binary_crossentropy", "MeanSquaredError": "mean_squared_error"}
+
+
+class UnsupportedCompileError(ValueError, UserError):
+    """A Keras compile setting (loss, metric) that training the twin does not support."""
+
+
+@dataclass(frozen=True)
+class KerasCompile:
+    """What ``model.compile`` asked for, in the terms the twin is trained with."""
+
+    optimizer: dict | str = "adam"
+    loss: str = "sparse_categorical_crossentropy"
+    from_logits: bool = False
+    label_smoothing: float = 0.0
+    metrics: tuple = field(default_factory=lambda: ("accuracy",))
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> KerasCompile:
+        """From ``model.get_compile_config()`` (or ``compile.json``); None (never compiled): Keras's Adam and
+        sparse categorical cross-entropy on the model's output (probabilities unless it ends without softmax)."""
+        if not config:
+            return cls()
+        loss = config.get("loss")
+        if isinstance(loss, (list, dict)) and not (isinstance(loss, dict) and "class_name" in loss):
+            raise UnsupportedCompileError(f"the model has one loss per output ({loss!r}); training the twin "
+                                          "supports a single-output model with one loss")
+        if config.get("loss_weights"):
+            raise UnsupportedCompileError("loss_weights are not supported (single-output models only)")
+        from_logits, smoothing = False, 0.0
+        if isinstance(loss, dict):
+            loss_config = loss.get("config") or {}
+            name = _LOSS_CLASSES.get(loss.get("class_name"))
+            from_logits = bool(loss_config.get("from_logits", False))
+            smoothing = float(loss_config.get("label_smoothing", 0.0) or 0.0)
+            if name is None:
+                raise UnsupportedCompileError(f"Keras loss {loss.get('class_name')!r} is not supported; supported: "
+                                              f"{', '.join(_LOSS_CLASSES)} (or their string names)")
+        elif isinstance(loss, str) and loss in LOSSES:
+            name = LOSSES[loss][0]
+        else:
+            raise UnsupportedCompileError(f"Keras loss {loss!r} is not supported; supported: {', '.join(LOSSES)}")
+        metrics = tuple(m if isinstance(m, str) else (m or {}).get("class_name", str(m))
+                        for m in (config.get("metrics") or ["accuracy"]))
+        unknown = [m for m in metrics if m.lower() not in ("accuracy", "acc", "sparse_categorical_accuracy",
+                                                           "categorical_accuracy")]
+        if unknown:
+            raise UnsupportedCompileError(f"metrics {unknown} are not supported; the twin reports loss and accuracy")
+        return cls(optimizer=config.get("optimizer") or "adam", loss=name, from_logits=from_logits,
+                   label_smoothing=smoothing, metrics=metrics)
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        return make_keras_optimizer(params, self.optimizer)
+
+    def loss_value(self, output: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of a batch: ``output`` is what the twin returns, ``logits`` the input of its final activation
+        when that activation is the one this loss reads logits from (see the module docstring)."""
+        output = output.float()
+        num_classes = output.shape[-1]
+        if self.loss == "sparse_categorical_crossentropy" or self.loss == "categorical_crossentropy":
+            smoothing = self.label_smoothing if self.loss == "categorical_crossentropy" else 0.0
+            if self.from_logits or logits is not None:
+                return F.cross_entropy(output if self.from_logits else logits.float(), y, label_smoothing=smoothing)
+            target = F.one_hot(y, num_classes).to(output.dtype)
+            target = target * (1 - smoothing) + smoothing / num_classes
+            p = (output / output.sum(dim=-1, keepdim=True)).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)
+            return -(target * p.log()).sum(dim=-1).mean()
+        target = F.one_hot(y, num_classes).to(output.dtype)
+        if self.loss == "binary_crossentropy":
+            target = target * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+            if self.from_logits or logits is not None:
+                return F.binary_cross_entropy_with_logits(output if self.from_logits else logits.float(), target)
+            p = output.clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)
+            return -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+        return F.mse_loss(output, target)
+
+    @property
+    def logits_activations(self) -> tuple:
+        """The final activation modules whose input is the logits this loss wants (empty: it reads the output)."""
+        return () if self.from_logits else LOSSES[self.loss][1]
+
+
+class FinalActivationInput:
+    """Remembers the input of the most recent call of the given activation module types inside a network.
+
+    After a forward, ``logits_for(output)`` is that input if the network's output *is* that call's result (the
+    network ended with the activation), else None.
+    """
+
+    def __init__(self, network: nn.Module, activations: tuple):
+        self._last = (None, None)
+        for module in network.modules():
+            if type(module) in activations:
+                module.register_forward_hook(self._record)
+
+    def _record(self, module, args, output):
+        self._last = (output, args[0])
+
+    def logits_for(self, output: torch.Tensor) -> torch.Tensor | None:
+        last_output, last_input = self._last
+        self._last = (None, None)
+        return last_input if last_output is output else None
+
+
+class CompiledTwinModule(PlainAttributeFastPath, L.LightningModule):
+    """Trains ``network`` (NCHW images in, one output per class) with a Keras compile config."""
+
+    def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int):
+        super().__init__()
+        self.network = network
+        self.compile_config = compile_config
+        self._final_activation = FinalActivationInput(network, compile_config.logits_activations)
+        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(num_classes) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        output = self(x)
+        loss = self.compile_config.loss_value(output, y, self._final_activation.logits_for(output))
+        getattr(self, f"{stage}_metrics").update(loss, output, y)
+        return loss
+
+    def _log_stage(self, stage: str):
+        metrics = getattr(self, f"{stage}_metrics")
+        self.log(f"{stage}_loss", metrics.loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        self.log(f"{stage}_acc", metrics.acc, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        self.log(f"{stage}_samples", metrics.samples, on_step=False, on_epoch=True)
+
+    def on_train_epoch_start(self):
+        self._log_stage("train")
+
+    def on_validation_epoch_start(self):
+        self._log_stage("val")
+
+    def on_test_epoch_start(self):
+        self._log_stage("test")
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+    def configure_optimizers(self):
+        return self.compile_config.make_optimizer([p for p in self.parameters() if p.requires_grad])
