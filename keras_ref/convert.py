@@ -586,7 +586,7 @@ def extract_graph(model) -> Extraction:
             call.fail("a raw keras.ops operation in the graph is not supported; use the equivalent layer")
         rule = RULES.get(kind)
         if rule is None:
-            call.fail(f"is not supported by the converter (supported: {', '.join(sorted(RULES))})")
+            call.fail(f"unsupported layer for the converter (supported: {', '.join(sorted(RULES))})")
         if len(node.output_tensors) != 1:
             call.fail(f"returns {len(node.output_tensors)} tensors; only single-output layers are supported")
         config = rule.config(call, layer.get_config())
@@ -702,6 +702,9 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
             plan.append((variables[key], np.array(array, dtype=variables[key].dtype, order="C")))
     for variable, array in plan:
         variable.assign(array)
+    for call in ext.modules.values():
+        if hasattr(call.layer, "finalize_state"):  # Normalization derives its mean/variance tensors from weights
+            call.layer.finalize_state()
 
 
 # --- checking and saving ---------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ class ConvTranspose(Op):
     def forward(self, x):
         c = self.config
         sizes = x.shape[2:]
-        y = F.conv_transpose2d(x, self.weight, self.bias, c["strides"], 0, 0, 1, c["dilation"])
+        y = F.conv_transpose2d(x, self.weight, None, c["strides"], 0, 0, 1, c["dilation"])
         for axis, (size, k, s, d) in enumerate(zip(sizes, c["kernel_size"], c["strides"], c["dilation"])):
             k = (k - 1) * d + 1
             if c["padding"] == "same":
@@ -162,6 +162,8 @@ class ConvTranspose(Op):
                 pad = [0, 0] * (y.dim() - dim - 1) + [0, start + length - y.shape[dim]]
                 y = F.pad(y, pad)
             y = y.narrow(dim, start, length)
+        if self.bias is not None:  # after the padding: TensorFlow adds the bias to the padded pixels too
+            y = y + self.bias[:, None, None]
         return apply_activation(y, c["activation"], 1)
 
 
