@@ -283,7 +283,11 @@ def _dropout_config(call: Call, cfg: dict) -> dict:
     kind = {"GaussianNoise": "noise", "GaussianDropout": "gaussian", "SpatialDropout1D": "spatial",
             "SpatialDropout2D": "spatial"}.get(call.kind, "dropout")
     rate = float(cfg["stddev"] if kind == "noise" else cfg["rate"])
-    return dict(kind=kind, rate=rate, channel_dim=twin_dim(-1, call.rank))
+    noise_shape = cfg.get("noise_shape") if kind == "dropout" else None
+    if noise_shape is not None:
+        noise_shape = [None if d is None else int(d) for d in noise_shape]
+        noise_shape = [noise_shape[a] for a in (0, 3, 1, 2)] if len(noise_shape) == 4 else noise_shape
+    return dict(kind=kind, rate=rate, channel_dim=twin_dim(-1, call.rank), noise_shape=noise_shape)
 
 
 def _embedding_config(call: Call, cfg: dict) -> dict:

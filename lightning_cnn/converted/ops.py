@@ -396,8 +396,8 @@ class Affine(Op):
 class Dropout(Op):
     """Dropout / SpatialDropout1D/2D (whole channels) / GaussianNoise / GaussianDropout: identity in eval mode."""
 
-    def __init__(self, kind, rate=0.0, channel_dim=1):
-        super().__init__(kind=kind, rate=rate, channel_dim=channel_dim)
+    def __init__(self, kind, rate=0.0, channel_dim=1, noise_shape=None):
+        super().__init__(kind=kind, rate=rate, channel_dim=channel_dim, noise_shape=noise_shape)
 
     def forward(self, x):
         c = self.config
@@ -410,6 +410,10 @@ class Dropout(Op):
         if c["kind"] == "spatial":
             shape = [x.shape[0]] + [1] * (x.dim() - 1)
             shape[c["channel_dim"]] = x.shape[c["channel_dim"]]
+            mask = torch.bernoulli(torch.full(shape, 1 - c["rate"], device=x.device, dtype=x.dtype))
+            return x * mask / (1 - c["rate"])
+        if c["noise_shape"] is not None:  # Keras noise_shape (twin layout; None = the input's size)
+            shape = [n if s is None else s for n, s in zip(x.shape, c["noise_shape"])]
             mask = torch.bernoulli(torch.full(shape, 1 - c["rate"], device=x.device, dtype=x.dtype))
             return x * mask / (1 - c["rate"])
         return F.dropout(x, c["rate"], True)
