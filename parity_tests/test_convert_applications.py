@@ -47,8 +47,7 @@ def set_batchnorm_statistics(model, seed: int = 0):
             for w in layer.weights:
                 w.assign(draws[w.name](tuple(w.shape)).astype("float32"))
             count += 1
-    assert count > 0
-    return model
+    return count
 
 
 def resnet_block() -> keras.Model:
@@ -102,7 +101,8 @@ DEFAULT = ("resnet_block", "MobileNetV2")
 def architecture(request):
     build, size = ARCHITECTURES[request.param]
     keras.utils.set_random_seed(0)
-    model = set_batchnorm_statistics(build())
+    model = build()
+    assert set_batchnorm_statistics(model) > 0 or request.param == "VGG16"  # VGG16 has no BN
     return request.param, model, convert(model), cifar_images(size)
 
 
