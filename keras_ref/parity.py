@@ -628,8 +628,6 @@ def _load_inputs(path: str, input_shape: tuple, batch: int) -> tuple[np.ndarray,
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise ParityUsageError(f"--inputs {path}: samples of shape {tuple(x.shape[1:])}, the model takes "
                                f"{tuple(input_shape)} (Keras layout, batch axis first)")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0  # images as saved: the scaling the project's data layer applies
     return x.astype(np.float32), y
 
 
@@ -641,7 +639,8 @@ def _report(model, twin, x, source: str, atol: float) -> dict:
 
 
 def main(argv=None) -> int:
-    from .step_parity import TRAIN_ATOL, compile_config_of, train_step_parity
+    from .convert import compile_config_of_file, convert
+    from .step_parity import TRAIN_ATOL, train_step_parity
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_ref.parity",
@@ -651,8 +650,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="samples compared (the first N of --inputs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--atol", type=float, default=1e-5, help="max |Keras - PyTorch| of the outputs")
-    parser.add_argument("--inputs", metavar="NPZ", help="real samples: array 'x' in Keras layout (uint8 images are "
-                        "scaled by 1/255), optional labels 'y' for --train-steps; default: random in [0, 1)")
+    parser.add_argument("--inputs", metavar="NPZ", help="real samples: array 'x' as the model takes them (Keras "
+                        "layout, no scaling applied), optional integer labels 'y' for --train-steps; default: random "
+                        "in [0, 1)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="write the report as JSON to PATH, or to stdout without PATH (then nothing else is "
                         "printed there)")
@@ -668,7 +668,7 @@ def main(argv=None) -> int:
         model = load_keras_model(args.model)
     except (OSError, ValueError) as error:
         raise ParityUsageError(f"{args.model}: cannot load it as a Keras model ({error})") from None
-    twin = keras_to_torch(model)
+    twin = convert(model)
     shape = _model_input_shape(model)[1:]
     rng = np.random.default_rng(args.seed)
     if args.inputs:
@@ -682,7 +682,7 @@ def main(argv=None) -> int:
     if args.train_steps:
         if y is None:
             y = rng.integers(0, int(model.outputs[0].shape[-1]), len(x))
-        steps = train_step_parity(model, x, y, args.train_steps, compile_config_of(args.model))
+        steps = train_step_parity(model, x, y, args.train_steps, compile_config_of_file(args.model))
         steps.update(atol=args.train_atol, passed=steps["max_abs_weight_diff"] <= args.train_atol,
                      labels="from --inputs" if args.inputs and y is not None else "random")
         report["train_steps"] = steps

@@ -11,10 +11,6 @@ The torch side is exactly what ``scripts/train.py --keras-model`` trains with
 
 from __future__ import annotations
 
-import json
-import zipfile
-from pathlib import Path
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -22,12 +18,8 @@ import torch
 
 from lightning_cnn.keras_compile import FinalActivationInput, KerasCompile
 
+from .convert import convert
 from .parity import ParityError
-
-try:  # TEMPORARY until i16core lands
-    from .convert import convert
-except ImportError:
-    from .parity import keras_to_torch as convert
 
 # float32 weights after a few steps: the gradients agree to ~1e-8 absolute (float32 summation order) and Adam /
 # RMSprop divide by a running gradient magnitude, amplifying a difference near g = 0 by up to lr / eps_hat (~300
@@ -35,15 +27,6 @@ except ImportError:
 # ~1e-7 for SGD. A wrong formula (torch's stock Adam/RMSprop) is off by >= 1e-3. Deeper models accumulate more
 # rounding per gradient: raise --train-atol for them, a formula error stays orders of magnitude above.
 TRAIN_ATOL = 1e-4
-
-
-def compile_config_of(path: str | Path) -> dict | None:
-    """The compile config a ``.keras`` archive stores, read as JSON (None for .h5 or a model never compiled)."""
-    path = Path(path)
-    if path.suffix != ".keras":
-        return None
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read("config.json")).get("compile_config")
 
 
 def _keras_labels(compile_config: KerasCompile, y: np.ndarray, num_classes: int) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -33,37 +32,36 @@ class KerasModelError(ValueError, UserError):
     """A --keras-model that cannot be trained on the chosen data set (shape, file kind, missing extra)."""
 
 
-def _compile_config_of_keras_file(path: Path) -> dict | None:
-    """The ``compile_config`` a ``.keras`` archive stores (plain JSON: nothing is deserialized)."""
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
-    return config.get("compile_config")
-
-
 def load_twin(path: str | Path) -> tuple[nn.Module, KerasCompile, tuple]:
     """(twin, its compile config, its Keras input shape (H, W, C)) from a converted folder or a ``.keras`` file."""
     path = Path(path)
     if path.is_dir():
-        from .converted import input_shape_of_converted, load_converted
+        from .converted import load_converted
 
         twin = load_converted(path)
         compile_file = path / "compile.json"
         config = json.loads(compile_file.read_text()) if compile_file.is_file() else None
-        return twin, KerasCompile.from_config(config), input_shape_of_converted(path)
+        if len(twin.input_specs) != 1:
+            raise KerasModelError(f"--keras-model {path}: the model has {len(twin.input_specs)} inputs; training "
+                                  "on an image data set needs exactly one")
+        return twin, KerasCompile.from_config(config), tuple(twin.input_specs[0]["shape"][1:])
     if path.suffix != ".keras" or not path.is_file():
         raise KerasModelError(f"--keras-model {path}: expected a .keras file or a folder written by "
                               "python -m keras_ref.convert")
     try:
-        from keras_ref.convert import convert
+        from keras_ref.convert import compile_config_of_file, convert
         from keras_ref.parity import load_keras_model
     except ImportError as error:
         raise KerasModelError(f"--keras-model {path}: converting a .keras file needs TensorFlow and Keras "
                               f"({error}); install the [keras] extra, or convert it once elsewhere with "
                               "python -m keras_ref.convert and pass the folder") from None
     keras_model = load_keras_model(path)
+    if len(keras_model.inputs) != 1:
+        raise KerasModelError(f"--keras-model {path}: the model has {len(keras_model.inputs)} inputs; training on "
+                              "an image data set needs exactly one")
     twin = convert(keras_model)
     shape = tuple(keras_model.inputs[0].shape[1:])
-    return twin, KerasCompile.from_config(_compile_config_of_keras_file(path)), shape
+    return twin, KerasCompile.from_config(compile_config_of_file(path)), shape
 
 
 def check_input_shape(shape: tuple, dataset: str, where: str) -> None:

@@ -7,9 +7,10 @@
 Losses, with integer class labels y (what the data modules here supply):
 - sparse_categorical_crossentropy / categorical_crossentropy (y one-hot, label_smoothing as Keras): with
   ``from_logits=True``, cross-entropy on the output. With ``from_logits=False`` the output is probabilities; when
-  the twin's last operation is an ``nn.Softmax`` module, its *input* (the logits) is used instead, as Keras's
-  TensorFlow backend does with ``_keras_logits``: the same loss, computed stably, and never softmax twice. When it
-  is not (a functional softmax, a sigmoid), Keras's probability formula is used: normalise, clip to
+  the twin's last operation is a softmax module, its *input* (the logits) is used instead, as Keras's
+  TensorFlow backend does with ``_keras_logits``: the same loss, computed stably, and never softmax twice (also for
+  a converted twin's final Dense(softmax) or Activation("softmax")). When it is not (a softmax written inside some
+  other module's forward), Keras's probability formula is used: normalise, clip to
   [1e-7, 1 - 1e-7], -sum(y log p).
 - binary_crossentropy: y one-hot against the output (one sigmoid per class). Keras reads the logits of whichever
   activation produced the output, a sigmoid *or a softmax* (its ``_get_logits`` checks ``_keras_logits`` only), and
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from .errors import UserError
 from .module import PlainAttributeFastPath, StageMetrics
@@ -35,9 +36,9 @@ KERAS_EPSILON = 1e-7  # keras.config.epsilon(): Keras clips probabilities to [ep
 
 # Keras loss names and aliases -> (canonical name, the final activations whose input is taken as the logits).
 LOSSES = {
-    "sparse_categorical_crossentropy": ("sparse_categorical_crossentropy", (nn.Softmax,)),
-    "categorical_crossentropy": ("categorical_crossentropy", (nn.Softmax,)),
-    "binary_crossentropy": ("binary_crossentropy", (nn.Sigmoid, nn.Softmax)),
+    "sparse_categorical_crossentropy": ("sparse_categorical_crossentropy", ("softmax",)),
+    "categorical_crossentropy": ("categorical_crossentropy", ("softmax",)),
+    "binary_crossentropy": ("binary_crossentropy", ("sigmoid", "softmax")),
     "mean_squared_error": ("mean_squared_error", ()),
     "mse": ("mean_squared_error", ()),
 }
@@ -121,25 +122,62 @@ class KerasCompile:
 
     @property
     def logits_activations(self) -> tuple:
-        """The final activation modules whose input is the logits this loss wants (empty: it reads the output)."""
+        """The final activations whose input is the logits this loss wants (empty: it reads the output)."""
         return () if self.from_logits else LOSSES[self.loss][1]
 
 
-class FinalActivationInput:
-    """Remembers the input of the most recent call of the given activation module types inside a network.
+_ACTIVATION_MODULES = {nn.Softmax: "softmax", nn.Sigmoid: "sigmoid"}
 
-    After a forward, ``logits_for(output)`` is that input if the network's output *is* that call's result (the
-    network ended with the activation), else None.
+
+def _activation_of(module: nn.Module) -> tuple[str | None, str | None]:
+    """(activation name, where it sits): "module" for a pure activation module (its input is the logits),
+    "config" for a converted layer with a fused activation (``config["activation"]``, e.g. Dense(softmax))."""
+    if type(module) in _ACTIVATION_MODULES:
+        return _ACTIVATION_MODULES[type(module)], "module"
+    config = getattr(module, "config", None)
+    if isinstance(config, dict):
+        if isinstance(config.get("activation"), str):
+            return config["activation"], "config"
+        if isinstance(config.get("name"), str) and not config.get("kwargs"):  # an Activation layer
+            return config["name"], "module"
+    return None, None
+
+
+def _output_modules(network: nn.Module) -> list[nn.Module]:
+    """The modules whose result can be the network's output: for a converted twin (``torch.fx``), the ones the
+    output node reads; for any other module, all of them (a hook only records, and only the last call counts)."""
+    graph = getattr(network, "graph", None)
+    if isinstance(network, fx.GraphModule) and graph is not None:
+        output = next(node for node in graph.nodes if node.op == "output")
+        return [network.get_submodule(n.target) for n in output.all_input_nodes if n.op == "call_module"]
+    return list(network.modules())
+
+
+class FinalActivationInput:
+    """After a forward, ``logits_for(output)`` is the input of the network's final softmax/sigmoid (of the given
+    names) if the network's output *is* that activation's result, else None: Keras's ``_keras_logits``.
+
+    A converted layer with a fused activation (Dense(units, activation="softmax")) is re-run without it to get
+    its logits: one more call of the last layer, and the same arithmetic as its own pre-activation.
     """
 
     def __init__(self, network: nn.Module, activations: tuple):
         self._last = (None, None)
-        for module in network.modules():
-            if type(module) in activations:
-                module.register_forward_hook(self._record)
+        for module in _output_modules(network):
+            name, where = _activation_of(module)
+            if name in activations:
+                module.register_forward_hook(self._record_input if where == "module" else self._record_fused)
 
-    def _record(self, module, args, output):
+    def _record_input(self, module, args, output):
         self._last = (output, args[0])
+
+    def _record_fused(self, module, args, output):
+        activation = module.config["activation"]
+        module.config["activation"] = "linear"
+        try:
+            self._last = (output, module.forward(*args))
+        finally:
+            module.config["activation"] = activation
 
     def logits_for(self, output: torch.Tensor) -> torch.Tensor | None:
         last_output, last_input = self._last
