@@ -142,16 +142,13 @@ def test_train_py_trains_a_converted_functional_model_one_epoch_on_mnist(skip_fi
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+# As if not installed: `import tensorflow` raises ModuleNotFoundError and importlib.util.find_spec returns None
+# (torch._dynamo probes for tensorflow with find_spec, so a finder that raises would break torch itself).
 BLOCK_TENSORFLOW = """
 import runpy, sys
 
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-            raise ImportError(f"{name} is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, Refuse())
+for name in ("tensorflow", "keras", "tf_keras"):
+    sys.modules[name] = None
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -169,6 +166,8 @@ def test_train_py_trains_a_converted_folder_without_tensorflow(skip_file, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(metrics.read_text())
     assert report["test_accuracy"] >= 0.80, report
+    blocked = _train(["--keras-model", str(skip_file / "skip.keras"), "--dataset", "mnist"], prefix=(str(script),))
+    assert blocked.returncode == 2 and "[keras] extra" in blocked.stderr, blocked.stderr[-2000:]  # the block works
 
 
 def test_train_py_input_shape_mismatch_names_both_shapes(skip_file):
