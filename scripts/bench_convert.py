@@ -2,6 +2,8 @@
 
     python scripts/bench_convert.py                                  # ResNet50 (224x224) and MobileNetV2-0.35 (64x64)
     python scripts/bench_convert.py --models ResNet50 --repeats 5 --batch 32
+    python scripts/bench_convert.py --threads 1     # on a loaded machine: OpenMP threads that wait for a
+                                                    # descheduled sibling slow torch far more than TF's pool
 
 For each model (``weights=None``): the seconds ``convert()`` takes (graph walk, twin build, weight copy; the
 Keras model is built before the clock starts), then inference images/s at ``--batch`` of Keras
@@ -37,11 +39,17 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=["ResNet50", "MobileNetV2"], choices=sorted(SIZES))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="intra-op threads for both frameworks (default: each its own)")
     args = parser.parse_args(argv)
 
     import keras_ref  # noqa: F401  (lightning_cnn's TensorFlow/torch guard first)
     import numpy as np
+    import tensorflow as tf
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
 
     import keras
     from keras_ref.convert import compare, convert, to_twin_input
