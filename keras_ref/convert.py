@@ -41,7 +41,7 @@ from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, Convert
 from lightning_cnn.errors import exit_on_user_error  # noqa: E402
 
 __all__ = ["convert", "save_converted", "copy_weights_to_keras", "extract_graph", "RULES", "supported_layers",
-           "main"]
+           "layer_table", "main"]
 
 
 # --- what one layer call looks like to a rule ------------------------------------------------------------------
@@ -525,8 +525,17 @@ RULES: dict[str, Rule] = {
 
 
 def supported_layers() -> dict[str, str]:
-    """Keras layer class -> twin op, as the docs' table lists them."""
+    """Keras layer class -> twin op."""
     return {name: rule.op for name, rule in sorted(RULES.items())}
+
+
+def layer_table() -> str:
+    """The Markdown table of docs/converting.md (a test keeps the two identical): twin op -> Keras classes."""
+    by_op: dict[str, list] = {}
+    for name, op in supported_layers().items():
+        by_op.setdefault(op, []).append(f"`{name}`")
+    lines = ["| twin op (`lightning_cnn.converted.ops.OPS`) | Keras layer classes |", "|---|---|"]
+    return "\n".join(lines + [f"| `{op}` | {', '.join(names)} |" for op, names in sorted(by_op.items())])
 
 
 # --- walking the Keras graph -------------------------------------------------------------------------------------

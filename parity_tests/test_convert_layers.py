@@ -15,7 +15,9 @@ import pytest
 import torch
 from keras import layers
 
-from keras_ref.convert import RULES, compare, convert, copy_weights_to_keras, save_converted
+from pathlib import Path
+
+from keras_ref.convert import RULES, compare, convert, copy_weights_to_keras, layer_table, save_converted
 from keras_ref.parity import ParityError
 
 from .conftest import real_batch
@@ -294,3 +296,8 @@ def test_unsupported_option_is_refused_by_its_rule():
                        layers.Activation(lambda t: t * 2, name="custom"))
     with pytest.raises(ParityError, match=r"'custom' \(Activation\): activation"):
         convert(model)
+
+
+def test_docs_list_exactly_the_registered_layers():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "converting.md").read_text()
+    assert layer_table() in docs
