@@ -9,13 +9,13 @@ order or axis mistake is O(1) relative, so 1e-5 separates the two by orders of m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import torch
 from keras import layers
-
-from pathlib import Path
 
 from keras_ref.convert import RULES, compare, convert, copy_weights_to_keras, layer_table, save_converted
 from keras_ref.parity import ParityError
