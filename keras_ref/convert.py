@@ -708,8 +708,16 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
             if tuple(array.shape) != tuple(variables[key].shape):
                 call.fail(f"weight {key}: the twin's converts to {array.shape}, Keras has {tuple(variables[key].shape)}")
             plan.append((variables[key], np.array(array, dtype=variables[key].dtype, order="C")))
-    for variable, array in plan:
-        variable.assign(array)
+    done = []
+    try:
+        for variable, array in plan:
+            previous = np.array(keras.ops.convert_to_numpy(variable))
+            variable.assign(array)
+            done.append((variable, previous))
+    except Exception as error:  # an unusual variable refusing the value: undo, so Keras is never half-updated
+        for variable, previous in reversed(done):
+            variable.assign(previous)
+        raise ParityError(f"copy_weights_to_keras: assigning failed ({error}); the Keras model was restored") from error
     for call in ext.modules.values():
         if hasattr(call.layer, "finalize_state"):  # Normalization derives its mean/variance tensors from weights
             call.layer.finalize_state()
