@@ -38,6 +38,7 @@ from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
                                            build_twin, python_name)
+from lightning_cnn.converted.ops import ACTIVATIONS  # noqa: E402
 from lightning_cnn.errors import exit_on_user_error  # noqa: E402
 
 __all__ = ["convert", "save_converted", "copy_weights_to_keras", "extract_graph", "RULES", "supported_layers",
@@ -82,8 +83,6 @@ def _pairs(value, n) -> list:
 def _activation(call: Call, fn=None) -> str:
     fn = fn if fn is not None else call.layer.activation
     name = getattr(fn, "__name__", None)
-    from lightning_cnn.converted.ops import ACTIVATIONS
-
     if name not in ACTIVATIONS:
         call.fail(f"activation {name or fn!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})")
     return name
@@ -706,7 +705,8 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
         variables = {w.name: w for w in call.layer.weights}
         for key, array in arrays.items():
             if tuple(array.shape) != tuple(variables[key].shape):
-                call.fail(f"weight {key}: the twin's converts to {array.shape}, Keras has {tuple(variables[key].shape)}")
+                call.fail(f"weight {key}: the twin's converts to {array.shape}, "
+                          f"Keras has {tuple(variables[key].shape)}")
             plan.append((variables[key], np.array(array, dtype=variables[key].dtype, order="C")))
     done = []
     try:

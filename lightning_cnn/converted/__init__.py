@@ -4,4 +4,5 @@ from .graph import FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError, build_twin
 from .inference import fuse_for_inference
 from .ops import OPS
 
-__all__ = ["load_converted", "fuse_for_inference", "build_twin", "ConvertedModelError", "OPS", "FORMAT", "VERSION", "LAYOUT_RULE"]
+__all__ = ["load_converted", "fuse_for_inference", "build_twin", "ConvertedModelError", "OPS", "FORMAT", "VERSION",
+           "LAYOUT_RULE"]

@@ -17,7 +17,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from torch import fx, nn
 
 from ..errors import UserError
