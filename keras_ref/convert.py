@@ -38,10 +38,11 @@ from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
                                            build_twin, python_name)
+from lightning_cnn.converted.ops import ACTIVATIONS  # noqa: E402
 from lightning_cnn.errors import exit_on_user_error  # noqa: E402
 
 __all__ = ["convert", "save_converted", "copy_weights_to_keras", "extract_graph", "RULES", "supported_layers",
-           "main"]
+           "layer_table", "main"]
 
 
 # --- what one layer call looks like to a rule ------------------------------------------------------------------
@@ -82,8 +83,6 @@ def _pairs(value, n) -> list:
 def _activation(call: Call, fn=None) -> str:
     fn = fn if fn is not None else call.layer.activation
     name = getattr(fn, "__name__", None)
-    from lightning_cnn.converted.ops import ACTIVATIONS
-
     if name not in ACTIVATIONS:
         call.fail(f"activation {name or fn!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})")
     return name
@@ -332,11 +331,6 @@ def _depthwise_t2k(weight, mult):
     return weight[:, 0].transpose(1, 2, 0).reshape(kh, kw, out // mult, mult)
 
 
-def _bias(k, t):
-    """Keras 'bias' <-> torch '{prefix}bias' when present."""
-    return {t: k} if k else {}
-
-
 def _conv_k2t(call, w):
     if call.kind == "DepthwiseConv2D":
         out = {"weight": _depthwise_k2t(w["kernel"])}
@@ -525,8 +519,17 @@ RULES: dict[str, Rule] = {
 
 
 def supported_layers() -> dict[str, str]:
-    """Keras layer class -> twin op, as the docs' table lists them."""
+    """Keras layer class -> twin op."""
     return {name: rule.op for name, rule in sorted(RULES.items())}
+
+
+def layer_table() -> str:
+    """The Markdown table of docs/converting.md (a test keeps the two identical): twin op -> Keras classes."""
+    by_op: dict[str, list] = {}
+    for name, op in supported_layers().items():
+        by_op.setdefault(op, []).append(f"`{name}`")
+    lines = ["| twin op (`lightning_cnn.converted.ops.OPS`) | Keras layer classes |", "|---|---|"]
+    return "\n".join(lines + [f"| `{op}` | {', '.join(names)} |" for op, names in sorted(by_op.items())])
 
 
 # --- walking the Keras graph -------------------------------------------------------------------------------------
@@ -702,10 +705,19 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
         variables = {w.name: w for w in call.layer.weights}
         for key, array in arrays.items():
             if tuple(array.shape) != tuple(variables[key].shape):
-                call.fail(f"weight {key}: the twin's converts to {array.shape}, Keras has {tuple(variables[key].shape)}")
+                call.fail(f"weight {key}: the twin's converts to {array.shape}, "
+                          f"Keras has {tuple(variables[key].shape)}")
             plan.append((variables[key], np.array(array, dtype=variables[key].dtype, order="C")))
-    for variable, array in plan:
-        variable.assign(array)
+    done = []
+    try:
+        for variable, array in plan:
+            previous = np.array(keras.ops.convert_to_numpy(variable))
+            variable.assign(array)
+            done.append((variable, previous))
+    except Exception as error:  # an unusual variable refusing the value: undo, so Keras is never half-updated
+        for variable, previous in reversed(done):
+            variable.assign(previous)
+        raise ParityError(f"copy_weights_to_keras: assigning failed ({error}); the Keras model was restored") from error
     for call in ext.modules.values():
         if hasattr(call.layer, "finalize_state"):  # Normalization derives its mean/variance tensors from weights
             call.layer.finalize_state()
@@ -715,13 +727,17 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
 
 
 def _random_inputs(ext: Extraction, n: int, seed: int) -> list:
+    """Uniform [0, 1) floats per input; integer ids below the vocabulary size for inputs read by Embeddings."""
     rng = np.random.default_rng(seed)
-    vocab = min([c.layer.input_dim for c in ext.modules.values() if c.kind == "Embedding"] or [2])
+    kinds = {m["name"]: m["op"] for m in ext.graph["modules"]}
     arrays = []
     for spec in ext.graph["inputs"]:
         shape = (n, *[d if d is not None else 8 for d in spec["shape"][1:]])
-        if "int" in spec["dtype"] or any(c.kind == "Embedding" for c in ext.modules.values()):
-            arrays.append(rng.integers(0, vocab, shape).astype(spec["dtype"] if "int" in spec["dtype"] else "float32"))
+        readers = [ext.modules[node["module"]] for node in ext.graph["nodes"] if spec["name"] in node["inputs"]]
+        if readers and all(kinds[node["module"]] == "embedding" for node in ext.graph["nodes"]
+                           if spec["name"] in node["inputs"]):
+            vocab = min(call.layer.input_dim for call in readers)
+            arrays.append(rng.integers(0, vocab, shape).astype("int32" if "int" in spec["dtype"] else "float32"))
         else:
             arrays.append(rng.random(shape, dtype=np.float32))
     return arrays
@@ -747,7 +763,7 @@ def compare(keras_model, twin, inputs: list) -> list[dict]:
         got = twin.eval()(*[to_twin_input(x) for x in inputs])
     got = [from_twin_output(g) for g in (got if isinstance(got, tuple) else (got,))]
     report = []
-    for name, e, g in zip(ext_outputs(twin), expected, got):
+    for name, e, g in zip(_output_names(twin), expected, got):
         if e.shape != g.shape:
             raise ParityError(f"output {name!r}: shapes differ (Keras {e.shape}, twin {g.shape} in Keras layout)")
         report.append(dict(output=name, max_abs_diff=float(np.max(np.abs(e - g))),
@@ -755,7 +771,7 @@ def compare(keras_model, twin, inputs: list) -> list[dict]:
     return report
 
 
-def ext_outputs(twin) -> list:
+def _output_names(twin) -> list:
     node = next(n for n in twin.graph.nodes if n.op == "output")
     args = node.args[0]
     return [a.name for a in (args if isinstance(args, tuple) else (args,))]
@@ -768,17 +784,13 @@ def _load_inputs(path, ext: Extraction) -> list:
     except (OSError, ValueError) as error:
         raise ParityError(f"--inputs {path}: cannot read it as an .npz of arrays ({error})") from None
     names = [spec["name"] for spec in ext.graph["inputs"]]
-    if len(names) == 1 and len(data) == 1:
-        return [next(iter(data.values())).astype(np.float32)]
-    for aliases in ([names[0], "x", "x_test"],) if len(names) == 1 else ():
-        for key in aliases:
-            if key in data:
-                return [data[key].astype(np.float32)]
+    if len(names) == 1 and len(data) == 1:  # one input, one array: its name does not matter
+        data = {names[0]: next(iter(data.values()))}
     missing = [n for n in names if n not in data]
     if missing:
         raise ParityError(f"--inputs {path}: no array named {missing} (it has {sorted(data)}); name one array per "
                           f"model input {names}, in Keras layout")
-    return [data[n].astype(np.float32) for n in names]
+    return [data[n] if "int" in data[n].dtype.name else data[n].astype(np.float32) for n in names]
 
 
 def _jsonable(value):

@@ -18,6 +18,8 @@ import torch
 from keras import layers
 
 from keras_ref.convert import compare, convert, copy_weights_to_keras
+from lightning_cnn.converted import fuse_for_inference
+from lightning_cnn.converted.ops import BatchNorm
 
 from .conftest import _test_split
 
@@ -130,3 +132,12 @@ def test_weights_copy_back_to_keras(architecture):
                 tensor.mul_(1 + 0.05 * torch.randn(tensor.shape, generator=generator))
     copy_weights_to_keras(twin, model)
     assert_logits_match(model, twin, x, f"{name} after copy back")
+
+
+def test_bn_folded_inference_copy_matches(architecture):
+    """fuse_for_inference folds each conv->BN pair (fewer modules), same logits within the same tolerance."""
+    name, model, twin, x = architecture
+    fused = fuse_for_inference(twin)
+    batch_norms = [m for m in twin.modules() if isinstance(m, BatchNorm)]
+    assert len([m for m in fused.modules() if isinstance(m, BatchNorm)]) < max(len(batch_norms), 1)
+    assert_logits_match(model, fused, x, f"{name} BN folded")

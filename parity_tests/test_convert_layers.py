@@ -9,13 +9,15 @@ order or axis mistake is O(1) relative, so 1e-5 separates the two by orders of m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import torch
 from keras import layers
 
-from keras_ref.convert import RULES, compare, convert, copy_weights_to_keras, save_converted
+from keras_ref.convert import RULES, compare, convert, copy_weights_to_keras, layer_table, save_converted
 from keras_ref.parity import ParityError
 
 from .conftest import real_batch
@@ -94,7 +96,8 @@ CASES = {
     "conv2d_valid_dilated_nobias": (lambda: functional((9, 9, 3), layers.Conv2D(4, 3, dilation_rate=2,
                                                                                 use_bias=False)), images),
     "conv2d_groups_rect": (lambda: functional((9, 9, 4), layers.Conv2D(6, (3, 1), strides=(2, 1), padding="same",
-                                                                       groups=2)), lambda: images(channels=3).repeat(2, -1)[..., :4]),
+                                                                       groups=2)),
+                           lambda: np.ascontiguousarray(images().repeat(2, -1)[..., :4])),
     "depthwise_conv2d": (lambda: functional((9, 9, 3), layers.DepthwiseConv2D(3, strides=2, padding="same",
                                                                               depth_multiplier=2)), images),
     "separable_conv2d": (lambda: functional((9, 9, 3), layers.SeparableConv2D(5, 3, strides=2, padding="same",
@@ -294,3 +297,8 @@ def test_unsupported_option_is_refused_by_its_rule():
                        layers.Activation(lambda t: t * 2, name="custom"))
     with pytest.raises(ParityError, match=r"'custom' \(Activation\): activation"):
         convert(model)
+
+
+def test_docs_list_exactly_the_registered_layers():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "converting.md").read_text()
+    assert layer_table() in docs

@@ -125,6 +125,8 @@ def _copy(folder: Path, dest: Path) -> Path:
     (lambda g: g["modules"][0]["config"].update(evil=1), "bad config"),
     (lambda g: g["nodes"][1].update(inputs=["nowhere"]), "before they are computed"),
     (lambda g: g["modules"][0].update(name="__class__"), "bad or duplicate module name"),
+    (lambda g: g["modules"][0].update(name="import"), "bad or duplicate module name"),
+    (lambda g: g["inputs"][0].update(name="x):\n    import os #"), "bad or duplicate input name"),
     (lambda g: g["modules"][1]["config"].update(filters=7, in_channels=7, groups=7), "do not match"),
     (lambda g: g.pop("nodes"), "malformed graph"),
 ])

@@ -2,6 +2,8 @@
 
     python scripts/bench_convert.py                                  # ResNet50 (224x224) and MobileNetV2-0.35 (64x64)
     python scripts/bench_convert.py --models ResNet50 --repeats 5 --batch 32
+    python scripts/bench_convert.py --threads 1     # on a loaded machine: OpenMP threads that wait for a
+                                                    # descheduled sibling slow torch far more than TF's pool
 
 For each model (``weights=None``): the seconds ``convert()`` takes (graph walk, twin build, weight copy; the
 Keras model is built before the clock starts), then inference images/s at ``--batch`` of Keras
@@ -37,14 +39,21 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=["ResNet50", "MobileNetV2"], choices=sorted(SIZES))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="intra-op threads for both frameworks (default: each its own)")
     args = parser.parse_args(argv)
 
     import keras_ref  # noqa: F401  (lightning_cnn's TensorFlow/torch guard first)
     import numpy as np
+    import tensorflow as tf
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
 
     import keras
     from keras_ref.convert import compare, convert, to_twin_input
+    from lightning_cnn.converted import fuse_for_inference
 
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), keras {keras.__version__}, "
@@ -56,6 +65,8 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - started
         x = rng.random((args.batch, SIZES[name], SIZES[name], 3), dtype=np.float32)
         (report,) = compare(model, twin, [x[:4]])
+        fused = fuse_for_inference(twin)
+        (fused_report,) = compare(model, fused, [x[:4]])
         xt = to_twin_input(x)
 
         def keras_call():
@@ -65,19 +76,24 @@ def main(argv=None) -> int:
             with torch.inference_mode():
                 twin(xt)
 
+        def fused_call():
+            with torch.inference_mode():
+                fused(xt)
+
         def timed(fn):
             started = time.perf_counter()
             fn()
             return args.batch / (time.perf_counter() - started)
 
-        keras_call(), twin_call()  # warm-up (tf.function tracing, allocator)
-        rounds = [(timed(keras_call), timed(twin_call)) for _ in range(args.repeats)]
-        keras_ips = statistics.median(k for k, _ in rounds)
-        twin_ips = statistics.median(t for _, t in rounds)
-        ratio = statistics.median(t / k for k, t in rounds)
+        keras_call(), twin_call(), fused_call()  # warm-up (tf.function tracing, allocator)
+        rounds = [(timed(keras_call), timed(twin_call), timed(fused_call)) for _ in range(args.repeats)]
+        keras_ips, twin_ips, fused_ips = (statistics.median(r[i] for r in rounds) for i in range(3))
+        ratio = statistics.median(r[1] / r[0] for r in rounds)
+        fused_ratio = statistics.median(r[2] / r[0] for r in rounds)
         print(f"{name} ({SIZES[name]}x{SIZES[name]}, {sum(p.numel() for p in twin.parameters()):,} parameters): "
-              f"convert {seconds:.2f} s; max |Keras - twin| {report['max_abs_diff']:.2g}; inference images/s "
-              f"Keras {keras_ips:.1f}, twin {twin_ips:.1f}, twin/Keras {ratio:.2f}x")
+              f"convert {seconds:.2f} s; max |Keras - twin| {report['max_abs_diff']:.2g} (BN-folded "
+              f"{fused_report['max_abs_diff']:.2g}); inference images/s Keras {keras_ips:.1f}, twin {twin_ips:.1f} "
+              f"({ratio:.2f}x Keras), BN-folded twin {fused_ips:.1f} ({fused_ratio:.2f}x Keras)")
     return 0
 
 

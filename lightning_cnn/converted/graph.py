@@ -17,7 +17,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from torch import fx, nn
 
 from ..errors import UserError
@@ -45,6 +44,11 @@ def python_name(name: str, taken: set) -> str:
     return out
 
 
+def _identifier(name) -> bool:
+    """Names become Python source in the twin's generated forward(): plain identifiers only."""
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
 def _fail(where: str, why: str):
     raise ConvertedModelError(f"{where}: {why}; re-create the folder with python -m keras_ref.convert")
 
@@ -59,7 +63,7 @@ def build_twin(graph: dict, where: str = "graph") -> fx.GraphModule:
     try:
         for spec in graph["modules"]:
             name, op = spec["name"], spec["op"]
-            if not isinstance(name, str) or not name.isidentifier() or hasattr(root, name):
+            if not _identifier(name) or hasattr(root, name):
                 _fail(where, f"bad or duplicate module name {name!r}")
             if op not in OPS:
                 _fail(where, f"module {name!r}: unknown op {op!r} (known: {', '.join(sorted(OPS))})")
@@ -72,6 +76,8 @@ def build_twin(graph: dict, where: str = "graph") -> fx.GraphModule:
         g = fx.Graph()
         values = {}
         for spec in graph["inputs"]:
+            if not _identifier(spec["name"]) or spec["name"] in values:
+                _fail(where, f"bad or duplicate input name {spec['name']!r}")
             values[spec["name"]] = g.placeholder(spec["name"])
         for node in graph["nodes"]:
             if not hasattr(root, str(node["module"])):

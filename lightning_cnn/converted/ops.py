@@ -77,6 +77,14 @@ def same_pads(sizes, kernel, strides, dilation) -> list:
     return pads
 
 
+def symmetric(pads: list) -> list | None:
+    """The per-dimension padding (first dimension first) a torch kernel can apply itself, if ``pads`` (F.pad
+    order) is the same on both sides of every dimension; else None (an explicit F.pad is needed)."""
+    if any(pads[i] != pads[i + 1] for i in range(0, len(pads), 2)):
+        return None
+    return pads[::2][::-1]
+
+
 class Op(nn.Module):
     """Base: keeps the JSON config (shown by print) and knows the twin's channel dimension for activations."""
 
@@ -108,11 +116,15 @@ class Conv(Op):
         c = self.config
         if c["rank"] == 1:
             x = x.transpose(1, 2)
+        padding = 0
         if c["padding"] == "same":
-            x = F.pad(x, same_pads(x.shape[2:], c["kernel_size"], c["strides"], c["dilation"]))
+            pads = same_pads(x.shape[2:], c["kernel_size"], c["strides"], c["dilation"])
+            padding = symmetric(pads)  # the kernel pads itself unless TF's extra pixel at the end is needed
+            if padding is None:
+                x, padding = F.pad(x, pads), 0
         elif c["padding"] == "causal":
             x = F.pad(x, [(c["kernel_size"][0] - 1) * c["dilation"][0], 0])
-        y = self._conv(x, self.weight, self.bias, c["strides"], 0, c["dilation"], c["groups"])
+        y = self._conv(x, self.weight, self.bias, c["strides"], padding, c["dilation"], c["groups"])
         y = apply_activation(y, c["activation"], 1)
         return y.transpose(1, 2) if c["rank"] == 1 else y
 
@@ -243,7 +255,14 @@ class Pool(Op):
         avg_pool = F.avg_pool1d if c["rank"] == 1 else F.avg_pool2d
         pads = same_pads(x.shape[2:], c["pool_size"], c["strides"], [1] * c["rank"]) if c["padding"] == "same" \
             else [0] * (2 * c["rank"])
-        if c["kind"] == "max":
+        padding = symmetric(pads)
+        if padding is not None and all(2 * p <= k for p, k in zip(padding, c["pool_size"])):
+            # the kernel pads itself: max pooling ignores the padding, average pooling does not count it (as TF)
+            if c["kind"] == "max":
+                y = max_pool(x, c["pool_size"], c["strides"], padding)
+            else:
+                y = avg_pool(x, c["pool_size"], c["strides"], padding, count_include_pad=False)
+        elif c["kind"] == "max":
             y = max_pool(F.pad(x, pads, value=-math.inf) if any(pads) else x, c["pool_size"], c["strides"])
         elif not any(pads):
             y = avg_pool(x, c["pool_size"], c["strides"])
