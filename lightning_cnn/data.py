@@ -568,6 +568,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     return (x_train, y_train), (x_test, y_test)
 
 
+def data_folder(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """The folder of ``search_locations`` that ``load_dataset`` reads ``name`` from (downloading it first where
+    allowed and needed), for tools that hand one folder on, e.g. as ``--data-dir``. Raises what ``load_dataset``
+    raises when it is nowhere."""
+    _check_name(name)
+    download = download and os.environ.get("LIGHTNING_CNN_OFFLINE", "") in ("", "0")
+    source = _locate(name, data_dir, download)
+    return next(folder for _, folder in _locations(name, data_dir)
+                if folder.is_dir() and _find_in(name, folder) == source)
+
+
 # --- preprocessing --------------------------------------------------------------------------------------------
 
 # Lookup tables from uint8 pixel to float32: exact, fast, and equal to what the Keras code computes

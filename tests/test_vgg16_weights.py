@@ -19,7 +19,7 @@ pytestmark = pytest.mark.keras
 
 
 def test_converted_keras_weights_give_the_same_logits_on_real_cifar(tmp_path, data_dir):
-    from scripts.convert_vgg16_weights import convert
+    from keras_ref.vgg16_weights import convert_vgg16_weights as convert
 
     keras.utils.set_random_seed(7)  # stand-in for the ImageNet file, which cannot be downloaded here
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
