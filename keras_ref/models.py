@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import keras
-from keras import layers
+from ._tf import load_tensorflow
 
-from lightning_cnn.specs import ModelSpec, get_spec
+keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
+
+from keras import layers  # noqa: E402
+
+from lightning_cnn.layers import vgg16_layers_in_blocks  # noqa: E402
+from lightning_cnn.specs import ModelSpec, get_spec  # noqa: E402
 
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -53,7 +57,7 @@ def _build_vgg16_transfer(spec: ModelSpec, weights) -> keras.Model:
     top_model = keras.Sequential([keras.Input(shape=vgg16.output.shape[1:])]
                                  + [_keras_layer(kind, options) for kind, options in spec.layers[1:]], name="top_model")
     model = keras.Model(inputs=vgg16.input, outputs=top_model(vgg16.output), name=spec.id)
-    frozen = 1 + sum(n + 1 for n in (2, 2, 3, 3)[: spec.layers[0][1]["frozen_blocks"]])  # input + convs + pools
+    frozen = 1 + vgg16_layers_in_blocks(spec.layers[0][1]["frozen_blocks"])  # the InputLayer, then convs and pools
     for layer in model.layers[:frozen]:
         layer.trainable = False
     return model

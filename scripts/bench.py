@@ -120,7 +120,7 @@ def _timed_trainer(stamps: list[float], device, **settings):
     nothing else that costs time per step: no logger, checkpointing, progress bar or summary."""
     import lightning as L
 
-    from lightning_cnn.callbacks import CPUTuning
+    from lightning_cnn.speed import Speed
 
     class Stamp(L.Callback):
         def on_train_batch_end(self, *args):
@@ -128,7 +128,7 @@ def _timed_trainer(stamps: list[float], device, **settings):
 
     return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, callbacks=[Stamp(), CPUTuning()], **settings)
+                     num_sanity_val_steps=0, callbacks=[Stamp(), *Speed().trainer_callbacks()], **settings)
 
 
 def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, steps_per_execution,
@@ -139,11 +139,11 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
     import torch.nn.functional as F
 
     import lightning_cnn
-    from lightning_cnn.cpu_tuning import retain_freed_memory
-    from lightning_cnn.models import pool_before_activation_
+    from lightning_cnn.speed.cpu_tuning import retain_freed_memory
+    from lightning_cnn.speed.pooling import pool_before_activation_
     from lightning_cnn.optim import make_optimizer
 
-    # No Lightning in this process (importing it makes torch re-probe CUDA on every optimizer step, see cpu_tuning),
+    # No Lightning in this process (importing it makes torch re-probe CUDA on every optimizer step, see speed/cpu_tuning.py),
     # but the allocator setting that Lightning CPU runs get from CPUTuning, so the ratio measures the framework only.
     assert "lightning" not in sys.modules
     retain_freed_memory()
@@ -192,10 +192,12 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
 
     from lightning_cnn.datamodule import InMemoryLoader
     from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.speed import Speed
 
     L.seed_everything(0, verbose=False)
-    module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last, compiled=compiled,
-                               steps_per_execution=steps_per_execution)
+    speed = Speed() if channels_last is None else Speed(channels_last=channels_last)  # NHWC only where there are convs
+    module = KerasRecipeModule(spec.id, seed=0, compiled=compiled, steps_per_execution=steps_per_execution,
+                               speed=speed)
     xt, yt, xt_test = _torch_tensors(x, y, x_test, device, module.memory_format == torch.channels_last)
     stamps: list[float] = []
     trainer = _timed_trainer(stamps, device, precision=precision, max_steps=steps)
@@ -217,7 +219,7 @@ def loop_floor_ms(contender: str, steps: int, batch_size: int = 32) -> float:
     the training loop itself costs per step, which no model or module code can take away."""
     import torch
 
-    from lightning_cnn.cpu_tuning import retain_freed_memory
+    from lightning_cnn.speed.cpu_tuning import retain_freed_memory
 
     x = torch.rand(steps * batch_size, 1, 28, 28)
     y = torch.zeros(len(x), dtype=torch.long)
