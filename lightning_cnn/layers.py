@@ -34,9 +34,14 @@ def make_activation(name: str | None) -> nn.Module:
         raise ValueError(f"unsupported activation {name!r}; supported: {list(ACTIVATION_NAMES)}") from None
 
 
+def output_size(size: int, kernel: int, stride: int, padding: str) -> int:
+    """A Keras convolution's or pooling's output length along one axis, for padding 'same' or 'valid'."""
+    return math.ceil(size / stride) if padding == "same" else (size - kernel) // stride + 1
+
+
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's padding='same' along one axis: (before, after), the odd pixel after (matters for stride 2)."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    total = max((output_size(size, kernel, stride, "same") - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 

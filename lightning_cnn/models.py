@@ -8,13 +8,12 @@ child, as in Keras, so per-layer parameter counts match ``model.summary()``.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from .layers import VGG16_BLOCKS, Conv2d, Linear, make_activation, vgg16_features
+from .layers import VGG16_BLOCKS, Conv2d, Linear, make_activation, output_size, vgg16_features
 from .specs import ModelSpec, get_spec
 
 def vgg16_frozen_prefix(blocks: int) -> int:
@@ -57,10 +56,7 @@ def build_from_layers(layers, input_shape: tuple) -> nn.Sequential:
         if kind == "conv2d":
             k, s = options["kernel_size"], options["strides"]
             module = Conv2d(channels, options["filters"], k, options["padding"], s, options["activation"])
-            if options["padding"] == "same":
-                height, width = math.ceil(height / s), math.ceil(width / s)
-            else:
-                height, width = (height - k) // s + 1, (width - k) // s + 1
+            height, width = (output_size(size, k, s, options["padding"]) for size in (height, width))
             channels = options["filters"]
         elif kind == "maxpool2d":
             p = options["pool_size"]
