@@ -39,9 +39,10 @@ def output_size(size: int, kernel: int, stride: int, padding: str) -> int:
     return math.ceil(size / stride) if padding == "same" else (size - kernel) // stride + 1
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow's padding='same' along one axis: (before, after), the odd pixel after (matters for stride 2)."""
-    total = max((output_size(size, kernel, stride, "same") - 1) * stride + kernel - size, 0)
+    span = (kernel - 1) * dilation + 1  # what a dilated kernel covers
+    total = max((output_size(size, span, stride, "same") - 1) * stride + span - size, 0)
     return total // 2, total - total // 2
 
 
