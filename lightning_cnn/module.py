@@ -103,14 +103,11 @@ class KerasRecipeModule(L.LightningModule):
         return self.model(x.contiguous(memory_format=self.memory_format))
 
     def _evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        stand_in = self._evaluation_network
-        usable = stand_in is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
-            and not torch.is_autocast_enabled("cpu")
-        return stand_in(x) if usable else self(x)
+        return self(x) if self._evaluation_network is None else self._evaluation_network(x)
 
     def _start_evaluation(self):
         compiled = self.hparams.compiled  # torch.compile has its own fusions; keep what the user asked for
-        self._evaluation_network = None if compiled else self.speed.evaluation_network(self.model)
+        self._evaluation_network = None if compiled else self.speed.evaluation_network(self.model, fallback=self)
 
     def _end_evaluation(self):
         self._evaluation_network = None  # built from weights that training is about to change

@@ -139,25 +139,26 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
     import torch.nn.functional as F
 
     import lightning_cnn
-    from lightning_cnn.speed.cpu_tuning import retain_freed_memory
-    from lightning_cnn.speed.pooling import pool_before_activation_
     from lightning_cnn.optim import make_optimizer
+    from lightning_cnn.speed import Speed
+    from lightning_cnn.speed.cpu_tuning import retain_freed_memory
 
-    # No Lightning in this process (importing it makes torch re-probe CUDA on every optimizer step, see speed/cpu_tuning.py),
-    # but the allocator setting that Lightning CPU runs get from CPUTuning, so the ratio measures the framework only.
+    # No Lightning in this process (importing it makes torch re-probe CUDA on every optimizer step, see
+    # speed/cpu_tuning.py), but the allocator setting that Lightning CPU runs get from CPUTuning, so the ratio
+    # measures the framework only.
     assert "lightning" not in sys.modules
     retain_freed_memory()
     torch.manual_seed(0)
-    # The same network KerasRecipeModule trains, so the ratio measures the framework and nothing else.
-    model = pool_before_activation_(lightning_cnn.build_model(spec.id, seed=0)).to(device)
-    if channels_last is None:  # the same choice KerasRecipeModule makes, so the two loops do the same work
-        channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    xt, yt, xt_test = _torch_tensors(x, y, x_test, device, channels_last)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # The same network, made by the same speed seam, that KerasRecipeModule trains: the ratio measures the framework.
+    speed = Speed() if channels_last is None else Speed(channels_last=channels_last)
+    model = lightning_cnn.build_model(spec.id, seed=0)
+    memory_format = speed.prepare_network(model)
+    model = model.to(device)
+    xt, yt, xt_test = _torch_tensors(x, y, x_test, device, memory_format == torch.channels_last)
     if compiled:
         model.compile()
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.recipe)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.recipe,
+                               fused=speed.fused_optimizers)
     autocast = torch.autocast(device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "bfloat16")),
                               enabled=precision in AUTOCAST_DTYPES)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")  # float16 needs loss scaling
@@ -428,7 +429,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, help="steps per timed window (default: 3,200 images' worth)")
     p.add_argument("--repeats", type=int, default=3, help="round-robin runs of every contender; median reported")
     p.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
-                   help="torch contenders' layout (default auto: channels_last for CNNs, as KerasRecipeModule)")
+                   help="torch contenders' layout for CNNs (Speed(channels_last=...)): auto and channels_last "
+                        "are NHWC, contiguous NCHW; MLPs stay NCHW")
     p.add_argument("--compile", action="store_true", help="torch.compile the network in both torch contenders")
     p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
                    help="Keras compile(steps_per_execution=K) and Lightning's K batches per step")

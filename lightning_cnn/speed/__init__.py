@@ -66,13 +66,14 @@ class Speed:
             with_attribute_fast_path(module, (Metric,))
         return module
 
-    def evaluation_network(self, model) -> Callable | None:
-        """A faster stand-in for ``model`` during one evaluation epoch, or None to evaluate ``model`` itself."""
+    def evaluation_network(self, model, fallback: Callable | None = None) -> Callable | None:
+        """A faster stand-in for ``model`` during one evaluation epoch, or None to evaluate ``model`` itself.
+        Inputs it cannot take (not float32 on the CPU, or under autocast) go to ``fallback`` (default ``model``)."""
         if not self.onednn_evaluation:
             return None
         from .onednn import onednn_forward
 
-        return onednn_forward(model)
+        return onednn_forward(model, fallback)
 
     def trainer_callbacks(self, accelerator="auto") -> list:
         """The Lightning callbacks a Trainer on ``accelerator`` (its name, e.g. ``"cpu"``, or an ``Accelerator``)

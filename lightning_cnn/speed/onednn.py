@@ -24,13 +24,15 @@ class OneDNNForward:
 
     Calling it after the weights have changed gives the old network's outputs: rebuild it for each evaluation
     (``KerasRecipeModule`` with ``Speed(onednn_evaluation=True)`` does, at the start of every validation, test and
-    predict epoch).
+    predict epoch). An input it cannot take (not float32 on the CPU, or under autocast) goes to ``fallback``.
     """
 
-    def __init__(self, feature_steps: list[Callable], head: list[nn.Module]):
-        self.feature_steps, self.head = feature_steps, head
+    def __init__(self, feature_steps: list[Callable], head: list[nn.Module], fallback: Callable):
+        self.feature_steps, self.head, self.fallback = feature_steps, head, fallback
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return self.fallback(x)
         x = x.to_mkldnn()
         for step in self.feature_steps:
             x = step(x)
@@ -80,8 +82,9 @@ def _feature_steps(layer: nn.Module, steps: list) -> bool:
     return True
 
 
-def onednn_forward(model: nn.Sequential) -> OneDNNForward | None:
-    """The oneDNN inference copy of ``model``, or None where it can't be made or would not help.
+def onednn_forward(model: nn.Sequential, fallback: Callable | None = None) -> OneDNNForward | None:
+    """The oneDNN inference copy of ``model``, or None where it can't be made or would not help; inputs the copy
+    cannot take go to ``fallback`` (default: ``model`` itself).
 
     Taken: convolutions (symmetric padding), max-pools, ReLU, dropout, up to the first ``Flatten``, float32 on
     CPU. None: a model in training mode (the copy would skip its dropout), no convolution to speed up, another
@@ -98,4 +101,4 @@ def onednn_forward(model: nn.Sequential) -> OneDNNForward | None:
     steps: list = []  # the weights are detached where they are reordered, so no autograd is involved
     if not all(_feature_steps(layer, steps) for layer in children[:cut]):
         return None
-    return OneDNNForward(steps, children[cut:])
+    return OneDNNForward(steps, children[cut:], model if fallback is None else fallback)
