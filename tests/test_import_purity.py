@@ -52,9 +52,18 @@ def test_importing_changes_no_process_state(statement):
     assert after["frameworks"] == before["frameworks"] == []  # no triton import, no triton disabled, no TensorFlow
 
 
+@pytest.mark.keras
 def test_keras_ref_loads_tensorflow_only_when_asked_and_keeps_the_users_settings():
     """``load_tensorflow`` fills in its two defaults where unset, never over a value the user chose."""
     _, after = state_around("import os\nos.environ['TF_CPP_MIN_LOG_LEVEL'] = '1'\nimport keras_ref\n"
                             "keras_ref.load_tensorflow()")
     assert after["environ"]["TF_CPP_MIN_LOG_LEVEL"] == "1" and after["environ"]["KERAS_BACKEND"] == "tensorflow"
     assert "tensorflow" in after["frameworks"]
+
+
+def test_every_declared_public_name_resolves():
+    import lightning_cnn
+
+    assert [name for name in lightning_cnn.__all__ if not hasattr(lightning_cnn, name)] == []
+    assert {"KerasRecipeModule", "ArrayDataModule", "load_dataset", "build_model", "Speed", "UserError"} \
+        <= set(lightning_cnn.__all__)
