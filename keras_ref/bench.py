@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
-import keras
+from ._tf import load_tensorflow
 
-from lightning_cnn.benchmark import AUTOCAST_DTYPES, grouped_windows
+keras = load_tensorflow()  # the coexistence guard, then TensorFlow: see _tf.py
 
-from .models import build_model
-from .training import compile_model
+from lightning_cnn.benchmark import AUTOCAST_DTYPES, grouped_windows  # noqa: E402
+
+from .models import build_model  # noqa: E402
+from .training import compile_model  # noqa: E402
 
 
 def bench_keras(spec, x, y, x_test, batch_size, precision, steps, warmup, window, steps_per_execution):

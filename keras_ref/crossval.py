@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
-import numpy as np
+from ._tf import load_tensorflow
 
-from lightning_cnn import analysis
-from lightning_cnn.data import preprocess
+keras = load_tensorflow()  # the coexistence guard, then TensorFlow: see _tf.py
+import numpy as np  # noqa: E402
 
-from . import training
-from .models import build_model
+from lightning_cnn import analysis  # noqa: E402
+from lightning_cnn.data import preprocess  # noqa: E402
+
+from . import training  # noqa: E402
+from .models import build_model  # noqa: E402
 
 
 def train_fold_keras(spec, train, val, test, *, epochs=None, seed=0, verbose=2) -> dict:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import math
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from lightning_cnn.analysis import history_rows
-from lightning_cnn.specs import get_spec
+from ._tf import load_tensorflow
 
-from . import training
-from .models import build_model
+keras = load_tensorflow()  # the coexistence guard, then TensorFlow: see _tf.py
+
+import tensorflow as tf  # noqa: E402
+
+from lightning_cnn.analysis import history_rows  # noqa: E402
+from lightning_cnn.specs import get_spec  # noqa: E402
+
+from . import training  # noqa: E402
+from .models import build_model  # noqa: E402
 
 
 def train_job(job: dict, threads: int) -> dict:

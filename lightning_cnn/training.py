@@ -21,11 +21,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
-from .callbacks import CPUTuning, EpochHistory
+from .callbacks import EpochHistory
 from .datamodule import ArrayDataModule
 from .errors import UserError
 from .module import KerasRecipeModule
 from .pretrained import find_vgg16_weights, load_vgg16_features
+from .speed import Speed
 from .specs import DEFAULT_MODEL, get_spec, with_train_images
 from .summary import summary
 
@@ -80,17 +81,18 @@ def _devices(value):
 
 
 def make_trainer(*, accelerator: str = "auto", devices="auto", strategy: str = "auto", precision: str = "32-true",
-                 callbacks: Sequence[Callback] = (), progress_bar: bool = False, **settings) -> L.Trainer:
+                 callbacks: Sequence[Callback] = (), progress_bar: bool = False, speed: Speed | None = None,
+                 **settings) -> L.Trainer:
     """A Trainer for this project's modules and loaders: no logger, no sanity validation, no model summary; the
     loaders shard themselves across ranks (``InMemoryLoader``), so no distributed sampler; checkpoints only when a
-    checkpoint callback is given; the CPU process settings (``CPUTuning``) on every run. ``settings`` are any
-    other ``lightning.Trainer`` arguments (``max_epochs``, ``max_steps``, ``limit_*_batches``, ...)."""
+    checkpoint callback is given; the process settings of ``speed`` (default ``Speed()``: CPU tuning on a CPU
+    run). ``settings`` are any other ``lightning.Trainer`` arguments (``max_epochs``, ``max_steps``, ...)."""
     callbacks = list(callbacks)
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
     return L.Trainer(
         accelerator=accelerator, devices=_devices(devices), strategy=strategy, precision=precision,
-        callbacks=[*callbacks, CPUTuning()], logger=False, num_sanity_val_steps=0, use_distributed_sampler=False,
+        callbacks=[*callbacks, *(speed or Speed()).trainer_callbacks(accelerator)], logger=False, num_sanity_val_steps=0, use_distributed_sampler=False,
         enable_model_summary=False, enable_progress_bar=progress_bar,
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), **settings)
 

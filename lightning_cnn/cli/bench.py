@@ -128,7 +128,8 @@ def _main(argv) -> int:
     p.add_argument("--window", type=int, help="steps per timed window (default: 3,200 images' worth)")
     p.add_argument("--repeats", type=int, default=3, help="round-robin runs of every contender; median reported")
     p.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
-                   help="torch contenders' layout (default auto: channels_last for CNNs, as KerasRecipeModule)")
+                   help="torch contenders' layout for CNNs (Speed(channels_last=...)): auto and channels_last "
+                        "are NHWC, contiguous NCHW; MLPs stay NCHW")
     p.add_argument("--compile", action="store_true", help="torch.compile the network in both torch contenders")
     p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
                    help="Keras compile(steps_per_execution=K) and Lightning's K batches per step")

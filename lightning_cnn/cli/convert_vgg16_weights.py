@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ..errors import exit_on_user_error
-from ..pretrained import converted_weights_path
+from ..pretrained import converted_weights_path, find_vgg16_weights
 
 
 def _main(argv) -> int:
@@ -23,18 +23,13 @@ def _main(argv) -> int:
     p.add_argument("--out", default=str(converted_weights_path()), help="default: %(default)s")
     p.add_argument("--atol", type=float, default=1e-5)
     args = p.parse_args(argv)
-    from keras_ref.models import find_vgg16_weights as find_keras_h5  # loads TensorFlow
-    from keras_ref.vgg16_weights import convert_vgg16_weights
-
     try:
-        h5 = find_keras_h5(args.h5)
+        h5 = find_vgg16_weights(args.h5 or "auto", framework="keras")
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if h5 is None:
-        print("error: vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 is not in the Keras cache "
-              "(~/.keras/models/); pass --h5 PATH", file=sys.stderr)
-        return 2
+    from keras_ref.vgg16_weights import convert_vgg16_weights  # loads TensorFlow
+
     diff = convert_vgg16_weights(h5, args.out, args.atol)
     print(f"wrote {args.out} (max |Keras - PyTorch| on 4 inputs, probabilities: {diff:.3g})")
     return 0
