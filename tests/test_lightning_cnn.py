@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +18,7 @@ import lightning_cnn
 from lightning_cnn.models import count_params
 from lightning_cnn.optim import KerasAdam, KerasRMSprop, make_optimizer
 from lightning_cnn.specs import get_spec
-from lightning_cnn.training import ConfigError, RunConfig, fit_and_test
+from lightning_cnn.training import ConfigError, RunConfig, fit_and_test, make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,7 +185,6 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     103 real test images in batches of 32 (the last one of 7) catch a mean taken over batches instead of images;
     two test runs in a row catch state carried over from one epoch to the next.
     """
-    import lightning as L
     import torch.nn.functional as F
 
     from lightning_cnn.data import load_dataset, preprocess
@@ -197,7 +195,7 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     x = torch.from_numpy(preprocess(x[:103], "scale_255")).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(y[:103].astype("int64"))
     module = KerasRecipeModule("mnist_cnn_small", seed=0)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = make_trainer(accelerator="cpu")
     for _ in range(2):
         logged = trainer.test(module, InMemoryLoader(x, y, 32, shuffle=False), progress_bar=False)[0]
         with torch.no_grad():
@@ -316,15 +314,12 @@ def test_steps_per_execution_trains_exactly_as_one_step_per_batch(data_dir, tmp_
 
 def test_steps_per_execution_takes_a_plain_dataloader_batch_as_one_batch(data_dir):
     """torch's DataLoader collates (x, y) samples into a list [x, y]: that is one batch, not a group of two."""
-    import lightning as L
-
     from lightning_cnn.module import KerasRecipeModule
 
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     module = KerasRecipeModule("mnist_cnn_small", seed=0, steps_per_execution=2)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
+    trainer = make_trainer(accelerator="cpu", max_epochs=1)
     trainer.fit(module, loader)
     assert trainer.global_step == 2 and trainer.callback_metrics["train_samples"] == 64
 
