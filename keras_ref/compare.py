@@ -27,13 +27,16 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-import torch
+from ._tf import load_tensorflow
 
-import keras
-from lightning_cnn.atomic import write_text
+keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
 
-from .convert import convert, to_twin_input
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lightning_cnn.atomic import write_text  # noqa: E402
+
+from .convert import convert, to_twin_input  # noqa: E402
 
 BATCH = 32
 
@@ -108,7 +111,8 @@ def _torch_train_step(module: torch.nn.Module, x: torch.Tensor) -> str:
     optimizer.step()
     module.eval()
     moved = any(not torch.equal(b, p.detach()) for b, p in zip(before, params))
-    return "yes" if torch.isfinite(loss) and moved else f"no (loss {float(loss):.3g}, weights moved: {moved})"
+    loss = float(loss.detach())
+    return "yes" if np.isfinite(loss) and moved else f"no (loss {loss:.3g}, weights moved: {moved})"
 
 
 def _run_torch_tool(make, x_in, reference, repeats) -> dict:

@@ -11,15 +11,18 @@ The torch side is exactly what ``scripts/train.py --keras-model`` trains with
 
 from __future__ import annotations
 
-import keras
-import numpy as np
-import tensorflow as tf
-import torch
+from ._tf import load_tensorflow
 
-from lightning_cnn.keras_compile import FinalActivationInput, KerasCompile
+keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
 
-from .convert import convert
-from .parity import ParityError
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import torch  # noqa: E402
+
+from lightning_cnn.keras_compile import FinalActivationInput, KerasCompile  # noqa: E402
+
+from .convert import convert  # noqa: E402
+from .parity import ParityError  # noqa: E402
 
 # float32 weights after a few steps: the gradients agree to ~1e-8 absolute (float32 summation order) and Adam /
 # RMSprop divide by a running gradient magnitude, amplifying a difference near g = 0 by up to lr / eps_hat (~300

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from .atomic import write_text
-from .callbacks import CPUTuning, EpochHistory
+from .callbacks import EpochHistory
 from .data import DATASETS
 from .datamodule import ArrayDataModule
 from .errors import UserError
@@ -73,12 +72,12 @@ def check_input_shape(shape: tuple, dataset: str, where: str) -> None:
 
 
 def run_keras_model(config, keras_model: str, dataset: str) -> dict:
-    """Fit the twin of ``keras_model`` on ``dataset`` with its compile config, test it, write outputs.
+    """Fit the twin of ``keras_model`` on ``dataset`` with its compile config and test it; returns the metrics.
 
     ``config`` is a ``training.RunConfig`` (accelerator, devices, precision, epochs, batch size, seed, out, ...);
-    epochs default to 1 and the batch size to Keras's 32.
+    epochs default to 1 and the batch size to Keras's 32. Checkpoints and the history go to ``config.out``.
     """
-    from .training import _devices, check_accelerator  # the documented models' runner shares these checks
+    from .training import check_accelerator, make_trainer  # the documented models' runner shares these
 
     if dataset not in DATASETS:
         raise KerasModelError(f"--dataset {dataset!r}: use one of {', '.join(DATASET_SHAPES)}")
@@ -95,30 +94,22 @@ def run_keras_model(config, keras_model: str, dataset: str) -> dict:
     history = EpochHistory(out, total_epochs=epochs)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="train_loss", mode="min",
                                  save_last=True, enable_version_counter=False)
-    trainer = L.Trainer(
-        accelerator=config.accelerator, devices=_devices(config.devices), strategy=config.strategy,
-        precision=config.precision, max_epochs=epochs, fast_dev_run=config.fast_dev_run,
-        callbacks=[history, CPUTuning(), TQDMProgressBar(refresh_rate=25), checkpoint], logger=False,
-        num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False, default_root_dir=out,
+    trainer = make_trainer(
+        accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
+        precision=config.precision, callbacks=[history, checkpoint], progress_bar=config.progress_bar,
+        max_epochs=epochs, fast_dev_run=config.fast_dev_run, default_root_dir=out,
         **{k: v for k, v in (("limit_train_batches", config.limit_train_batches),
-                             ("limit_test_batches", config.limit_test_batches)) if v is not None},
-    )
+                             ("limit_test_batches", config.limit_test_batches)) if v is not None})
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=config.resume)
     fit_seconds = time.perf_counter() - started
     test = trainer.test(module, datamodule=data, verbose=False)[0]
-    result = {
+    return {
         "keras_model": str(keras_model), "dataset": dataset, "framework": "lightning", "seed": config.seed,
         "loss": compile_config.loss, "optimizer": compile_config.optimizer,
         "epochs_run": len(history.rows), "history": history.history(),
         "test_loss": test["test_loss"], "test_accuracy": test["test_acc"], "test_samples": int(test["test_samples"]),
+        "test_is_partial": bool(data.test_is_partial),
         "fit_seconds": round(fit_seconds, 2), "last_checkpoint": str(out / "checkpoints" / "last.ckpt"),
         "versions": {"torch": torch.__version__, "lightning": L.__version__},
     }
-    if trainer.is_global_zero:
-        if config.verbose:
-            print(f"Test loss: {result['test_loss']:.4f} - Test accuracy: {100 * result['test_accuracy']:.2f}%",
-                  flush=True)
-        if config.metrics_json:
-            write_text(config.metrics_json, json.dumps(result, indent=2) + "\n")
-    return result

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import UserError
-from .module import PlainAttributeFastPath, StageMetrics
+from .module import StageMetrics
 from .optim import make_keras_optimizer
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(): Keras clips probabilities to [eps, 1 - eps] before the log
@@ -185,7 +185,7 @@ class FinalActivationInput:
         return last_input if last_output is output else None
 
 
-class CompiledTwinModule(PlainAttributeFastPath, L.LightningModule):
+class CompiledTwinModule(L.LightningModule):
     """Trains ``network`` (NCHW images in, one output per class) with a Keras compile config."""
 
     def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int):
