@@ -12,13 +12,11 @@ import pytest
 
 from keras_ref.compare import TOOLS, compare_model, render, run
 
-from .conftest import DATA_DIR
-
 pytestmark = pytest.mark.keras
 
 
 def test_compare_one_small_model(tmp_path):
-    row = compare_model("MobileNetV2-0.35", 32, DATA_DIR, repeats=1, timeout=300)
+    row = compare_model("MobileNetV2-0.35", 32, None, repeats=1, timeout=300)
     ours = row["keras_ref.convert"]
     assert ours["converts"] == "yes" and ours["trains_one_step"] == "yes" and ours["images_per_s"] > 0
     # the converter's own acceptance bound: 1e-5 relative to the largest output (float32)
@@ -31,7 +29,7 @@ def test_compare_one_small_model(tmp_path):
 
 
 def test_run_writes_the_report_files(tmp_path):
-    run(["MobileNetV2-0.35"], 64, tmp_path, DATA_DIR, repeats=1, tools=("keras_ref.convert",), command="test")
+    run(["MobileNetV2-0.35"], 64, tmp_path, None, repeats=1, tools=("keras_ref.convert",), command="test")
     data = json.loads((tmp_path / "converters.json").read_text())
     assert [r["model"] for r in data["rows"]] == ["MobileNetV2-0.35"]
     assert "keras_ref.convert" in (tmp_path / "converters.md").read_text()

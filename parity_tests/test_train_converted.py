@@ -22,7 +22,7 @@ from keras_ref.parity import main as parity_main
 from keras_ref.step_parity import train_step_parity
 from lightning_cnn.errors import exit_on_user_error
 
-from .conftest import DATA_DIR
+from lightning_cnn.data import load_dataset
 
 pytestmark = pytest.mark.keras
 
@@ -70,8 +70,8 @@ def skip_model(final: str = "dense_softmax") -> keras.Model:
 
 @pytest.fixture(scope="module")
 def mnist16():
-    with np.load(DATA_DIR / "mnist.npz") as npz:
-        return (npz["x_test"][:16, :, :, None] / 255.0).astype(np.float32), npz["y_test"][:16].astype(np.int64)
+    _, (x, y) = load_dataset("mnist")  # the data layer's lookup ($LIGHTNING_CNN_DATA in CI)
+    return (x[:16, :, :, None] / 255.0).astype(np.float32), y[:16].astype(np.int64)
 
 
 @pytest.mark.parametrize("loss_name", list(LOSSES))
@@ -125,7 +125,7 @@ def test_parity_cli_bad_input_exits_2(skip_file, tmp_path, capsys):
 def _train(args, env=None, prefix=()):
     return subprocess.run([sys.executable, *prefix, str(ROOT / "scripts" / "train.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "LIGHTNING_CNN_DATA": str(DATA_DIR), **(env or {})})
+                          env={**os.environ, **(env or {})})
 
 
 def test_train_py_trains_a_converted_functional_model_one_epoch_on_mnist(skip_file, tmp_path):

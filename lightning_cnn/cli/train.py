@@ -32,7 +32,7 @@ def parse_args(argv=None) -> tuple[RunConfig, str | None]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keras-model", metavar="PATH", help="train this Keras model's PyTorch twin instead of --model: "
                    "a folder from python -m keras_ref.convert (no TensorFlow needed) or a .keras file; its own "
-                   "compile config (optimizer, loss) is used; default 1 epoch, batch 32 (docs/converting.md, "Train your Keras model's twin")")
+                   "compile config (optimizer, loss) is used; default 1 epoch, batch 32 (docs/converting.md)")
     p.add_argument("--dataset", choices=["mnist", "fashion_mnist", "cifar10"], help="with --keras-model: the data")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL}); one of: "
                    + ", ".join(list_models()))
