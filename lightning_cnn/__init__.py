@@ -2,7 +2,7 @@
 
 Importing the package changes nothing in the process and loads nothing heavy: the names below are imported on
 first use. They are the public API; the modules they come from (``models``, ``module``, ``datamodule``, ``data``,
-``specs``, ``speed``, ``layers``, ``errors``) are public too, the rest is the project's own plumbing.
+``specs``, ``speed``, ``layers``, ``converted``, ``errors``) are public too, the rest is the project's own plumbing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_dataset": "data", "preprocess": "data",
     "SPECS": "specs", "DEFAULT_MODEL": "specs", "ModelSpec": "specs", "get_spec": "specs", "list_models": "specs",
     "Speed": "speed",
+    "load_converted": "converted",
     "UserError": "errors", "DataError": "data", "UnknownModelError": "specs", "CheckpointError": "predict",
     "WeightsNotFoundError": "pretrained",
 }
