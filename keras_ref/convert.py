@@ -30,6 +30,7 @@ from ._tf import load_tensorflow
 
 keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
 
+import lightning_cnn  # noqa: E402  (its version goes into parity.json)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
