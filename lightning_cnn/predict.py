@@ -14,13 +14,9 @@ import torch
 from torch import nn
 
 from .data import preprocess
-from .errors import UserError
+from .errors import CheckpointError
 from .models import build_model
 from .specs import ModelSpec, get_spec
-
-
-class CheckpointError(ValueError, UserError):
-    pass
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, ModelSpec]:

@@ -19,15 +19,11 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from .atomic import write_text
 from .callbacks import CPUTuning, EpochHistory
 from .datamodule import ArrayDataModule
-from .errors import UserError
+from .errors import UsageError
 from .module import KerasRecipeModule
 from .pretrained import find_vgg16_weights, load_vgg16_features
 from .specs import DEFAULT_MODEL, get_spec, with_train_images
 from .summary import summary
-
-
-class UsageError(ValueError, UserError):
-    """A bad command-line choice; scripts print it as one line and exit 2."""
 
 
 @dataclass
