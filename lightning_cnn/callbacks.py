@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 
 from .atomic import atomic_path, write_text
 from .cpu_tuning import NVML_CUDA_CHECK, retain_freed_memory
+from .errors import DivergedError
 
 # Our metric names -> the names Keras prints in its fit() log and History.
 KERAS_NAMES = {"train_loss": "loss", "train_acc": "accuracy", "val_loss": "val_loss", "val_acc": "val_accuracy"}
@@ -116,3 +118,23 @@ class CPUTuning(L.Callback):
         if self._nvml_check is not None:
             os.environ[NVML_CUDA_CHECK] = self._nvml_check
             self._nvml_check = None
+
+
+class TerminateOnNaN(L.Callback):
+    """Stops training when the loss becomes NaN or infinite, naming the epoch and step, as Keras's callback does.
+
+    Keras checks ``logs["loss"]``, the running mean of the epoch's training loss; this checks the same running sum
+    (``pl_module.train_metrics.loss``, which every training batch updates, with k batches a step too) once per
+    Lightning step. It raises ``DivergedError`` before the epoch ends, so no checkpoint of the diverged weights is
+    written: ``last.ckpt`` keeps the last epoch that finished.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        running = pl_module.train_metrics.loss.numerator
+        if not bool(torch.isfinite(running)):
+            kind = "NaN" if bool(torch.isnan(running)) else "infinite"
+            raise DivergedError(
+                f"the training loss became {kind} in epoch {trainer.current_epoch + 1}, step {batch_idx + 1} "
+                f"(optimizer step {trainer.global_step}): training stopped and no checkpoint of the diverged "
+                "weights was written. Lower the learning rate, check the input data, or train in 32-true precision"
+            )

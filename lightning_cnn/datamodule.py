@@ -215,6 +215,10 @@ class ArrayDataModule(L.LightningDataModule):
         """Find, download if needed, and validate the data once, before any other process needs it."""
         self._load()
 
+    def train_size(self) -> int:
+        """Images one training epoch visits: after the recipe's subset and validation split (loads the data)."""
+        return len(self._split(*(array for pair in self._load() for array in pair))["train"][0])
+
     def _split(self, x_train, y_train, x_test, y_test) -> dict:
         """The documents' splits as numpy views: {"train": (x, y), "val": (x, y) or None, "test": (x, y)}."""
         if self.train_subset is not None:

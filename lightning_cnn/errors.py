@@ -71,3 +71,7 @@ def exit_on_user_error(main: Callable[[Sequence[str] | None], int | None], argv:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+class DivergedError(UserError):
+    """The training loss became NaN or infinite (``callbacks.TerminateOnNaN`` stopped the run)."""

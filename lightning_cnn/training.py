@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -16,12 +17,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
+from . import run_checks
 from .atomic import write_text
-from .callbacks import CPUTuning, EpochHistory
+from .callbacks import CPUTuning, EpochHistory, TerminateOnNaN
+from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import ArrayDataModule
 from .errors import UsageError
 from .module import KerasRecipeModule
+from .predict import load_checkpoint_model
 from .pretrained import find_vgg16_weights, load_vgg16_features
+from .run_lock import run_lock
 from .specs import DEFAULT_MODEL, get_spec, with_train_images
 from .summary import summary
 
@@ -74,19 +79,36 @@ def run(config: RunConfig) -> dict:
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_accelerator(config.accelerator)
-    if config.steps_per_execution < 1:
-        raise UsageError(f"--steps-per-execution {config.steps_per_execution}: use 1 or more batches per step")
-    if config.resume and not Path(config.resume).is_file():
-        raise UsageError(f"--resume {config.resume}: no such checkpoint file")
+    run_checks.check_epochs(config.epochs)
+    run_checks.check_steps_per_execution(config.steps_per_execution)
+    run_checks.check_precision(config.precision, config.accelerator)
+    run_checks.check_devices(config.devices, config.accelerator)
+    if config.resume:
+        if not Path(config.resume).is_file():
+            raise UsageError(f"--resume {config.resume}: no such checkpoint file")
+        load_checkpoint_model(config.resume, spec.id)  # the same model, whole and finite, or a CheckpointError
+    out = Path(config.out or Path("runs") / spec.id)
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker Lightning launched: rank 0 holds the lock
+        return _run(config, spec, out)
+    with run_lock(out):
+        return _run(config, spec, out)
+
+
+def _run(config: RunConfig, spec, out: Path) -> dict:
     L.seed_everything(config.seed, workers=True, verbose=False)
     epochs = config.epochs or spec.recipe.epochs
-    out = Path(config.out or Path("runs") / spec.id)
 
     data = ArrayDataModule.from_spec(spec, data_dir=config.data_dir, seed=config.seed,
                                      allow_partial_test=config.allow_partial_test,
                                      steps_per_execution=config.steps_per_execution,
                                      **({"batch_size": config.batch_size} if config.batch_size else {}))
     data.prepare_data()  # resolve (and validate) the data before any process is started
+    try:
+        run_checks.check_batch_size(config.batch_size, data.train_size())
+    except ValueError as error:  # a --train-images larger than the data set
+        if isinstance(error, UsageError):
+            raise
+        raise UsageError(f"--train-images {config.train_images}: {error}") from None
     module = KerasRecipeModule(spec.id, init=config.init, seed=config.seed, compiled=config.compile,
                                steps_per_execution=config.steps_per_execution)
     if spec.layers[0][0] == "vgg16_features":
@@ -101,14 +123,14 @@ def run(config: RunConfig) -> dict:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss" if has_val
                                  else "train_loss", mode="min", save_last=True, enable_version_counter=False)
     # A bar redrawn every step costs more than a small model's step on CPU: redraw every 25 steps.
-    callbacks = [history, CPUTuning(), TQDMProgressBar(refresh_rate=25), checkpoint]
+    callbacks = [history, CPUTuning(), TerminateOnNaN(), TQDMProgressBar(refresh_rate=25), checkpoint]
     if spec.recipe.early_stopping_patience and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=spec.recipe.early_stopping_patience))
     trainer = L.Trainer(
         accelerator=config.accelerator, devices=_devices(config.devices), strategy=config.strategy,
         precision=config.precision, max_epochs=epochs, fast_dev_run=config.fast_dev_run,
         callbacks=callbacks, logger=False, num_sanity_val_steps=0, use_distributed_sampler=False,
-        enable_model_summary=False, default_root_dir=out,
+        enable_model_summary=False, default_root_dir=out, plugins=[AtomicCheckpointIO()],
         **{k: v for k, v in (("limit_train_batches", config.limit_train_batches),
                              ("limit_val_batches", config.limit_val_batches),
                              ("limit_test_batches", config.limit_test_batches)) if v is not None},
