@@ -4,7 +4,8 @@ Anything a user can cause (a bad flag, a missing or corrupt file, an unknown mod
 an output folder that is read-only, full or in use) raises a subclass of ``UserError`` whose ``str()`` is one
 complete line naming the problem and the fix. Entry points call ``exit_on_user_error(main)``: such an error becomes
 that line on stderr and exit status 2, no traceback (``--debug`` or ``LIGHTNING_CNN_DEBUG=1`` shows it). A full
-disk or a refused write that surfaces as a plain ``OSError`` is shown the same way, naming the file.
+disk or a refused write that surfaces as a plain ``OSError`` is shown the same way, naming the file; Ctrl-C is one
+line too (what was kept, how to continue) and exit status 130.
 """
 
 from __future__ import annotations
@@ -65,12 +66,21 @@ def exit_on_user_error(main: Callable[[Sequence[str] | None], int | None], argv:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        if debug:
+            raise
+        print(f"interrupted: {error}" if str(error) else "interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a program Ctrl-C stopped
     except OSError as error:
         message = describe_write_error(error)
         if debug or message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; ``str(error)`` says what was kept and how to continue."""
 
 
 class DivergedError(UserError):

@@ -22,10 +22,11 @@ from .atomic import write_text
 from .callbacks import CPUTuning, EpochHistory, TerminateOnNaN
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import ArrayDataModule
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .module import KerasRecipeModule
 from .predict import load_checkpoint_model
 from .pretrained import find_vgg16_weights, load_vgg16_features
+from .process_state import preserved_process_state
 from .run_lock import run_lock
 from .specs import DEFAULT_MODEL, get_spec, with_train_images
 from .summary import summary
@@ -88,10 +89,22 @@ def run(config: RunConfig) -> dict:
             raise UsageError(f"--resume {config.resume}: no such checkpoint file")
         load_checkpoint_model(config.resume, spec.id)  # the same model, whole and finite, or a CheckpointError
     out = Path(config.out or Path("runs") / spec.id)
-    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker Lightning launched: rank 0 holds the lock
-        return _run(config, spec, out)
-    with run_lock(out):
-        return _run(config, spec, out)
+    with preserved_process_state():
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker Lightning launched: rank 0 holds the lock
+            return _run(config, spec, out)
+        with run_lock(out):
+            return _run(config, spec, out)
+
+
+def _interrupted(trainer: L.Trainer, out: Path) -> Interrupted:
+    """Lightning turns Ctrl-C into ``sys.exit(1)`` after a graceful shutdown; say what was kept and how to go on."""
+    last = out / "checkpoints" / "last.ckpt"
+    where = f"during epoch {trainer.current_epoch + 1} (optimizer step {trainer.global_step})"
+    if not last.is_file():
+        return Interrupted(f"training stopped {where}, before the first checkpoint; nothing to resume from")
+    epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+    return Interrupted(f"training stopped {where}; {last} holds the run as it was after epoch {epoch}: "
+                       f"continue with --resume {last}")
 
 
 def _run(config: RunConfig, spec, out: Path) -> dict:
@@ -139,7 +152,12 @@ def _run(config: RunConfig, spec, out: Path) -> dict:
         channels, (height, width) = spec.input_shape[2], spec.input_shape[:2]
         print(summary(module.model, (channels, height, width)))
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=config.resume)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=config.resume)
+    except SystemExit:
+        if trainer.interrupted:
+            raise _interrupted(trainer, out) from None
+        raise
     fit_seconds = time.perf_counter() - started
     train_samples = int(trainer.callback_metrics.get("train_samples", torch.tensor(0)).item())  # before test resets
     test = trainer.test(module, datamodule=data, verbose=False)[0]

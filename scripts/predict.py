@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from lightning_cnn.data import CIFAR10_CLASSES, DataError, load_dataset  # noqa: E402
-from lightning_cnn.predict import CheckpointError, load_checkpoint_model, load_image, predict_proba  # noqa: E402
+from lightning_cnn.data import CIFAR10_CLASSES, load_dataset  # noqa: E402
+from lightning_cnn.errors import exit_on_user_error  # noqa: E402
+from lightning_cnn.predict import load_checkpoint_model, load_image, predict_proba  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,11 +33,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.images and not args.test_indices:
         p.error("give image files and/or --test-indices")
-    try:
-        model, spec = load_checkpoint_model(args.checkpoint)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    model, spec = load_checkpoint_model(args.checkpoint)
     names = list(CIFAR10_CLASSES) if spec.dataset == "cifar10" else [str(i) for i in range(spec.num_classes)]
 
     inputs, labels, failed = [], [], 0
@@ -48,11 +45,7 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             failed += 1
     if args.test_indices:
-        try:
-            _, (x_test, y_test) = load_dataset(spec.dataset, args.data_dir, allow_partial_test=True)
-        except DataError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        _, (x_test, y_test) = load_dataset(spec.dataset, args.data_dir, allow_partial_test=True)
         for index in args.test_indices:
             if not 0 <= index < len(x_test):
                 print(f"error: test index {index} is out of range 0..{len(x_test) - 1}", file=sys.stderr)
@@ -79,4 +72,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_user_error(main))

@@ -11,10 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lightning_cnn.data import DataError  # noqa: E402
-from lightning_cnn.pretrained import WeightsNotFoundError  # noqa: E402
-from lightning_cnn.specs import DEFAULT_MODEL, UnknownModelError, list_models  # noqa: E402
-from lightning_cnn.training import RunConfig, UsageError, run  # noqa: E402
+from lightning_cnn.errors import exit_on_user_error  # noqa: E402
+from lightning_cnn.specs import DEFAULT_MODEL, list_models  # noqa: E402
+from lightning_cnn.training import RunConfig, run  # noqa: E402
 
 
 def parse_args(argv=None) -> RunConfig:
@@ -55,13 +54,9 @@ def parse_args(argv=None) -> RunConfig:
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except (UsageError, UnknownModelError, DataError, WeightsNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    run(parse_args(argv))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_user_error(main))

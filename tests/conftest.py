@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.reliability"]  # the fault suite's table (--write-reliability)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
