@@ -9,6 +9,7 @@ folder (``atomic.atomic_path``), are flushed to disk, and take the final name in
 
 from __future__ import annotations
 
+import io
 import os
 
 import torch
@@ -24,10 +25,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()  # torch.save reports a failed write as a RuntimeError; a plain write as OSError
+        torch.save(checkpoint, buffer)
         try:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
-                    torch.save(checkpoint, f)
+                    f.write(buffer.getbuffer())
                     f.flush()
                     os.fsync(f.fileno())
         except OSError as error:

@@ -65,12 +65,18 @@ def train_args(out: Path, data_dir: Path, *extra) -> list[str]:
             "--limit-test-batches", "1", "--seed", "5", *map(str, extra)]
 
 
-def train_process(args: list[str], tmp: Path, **popen) -> subprocess.Popen:
+# Python ignores SIGXFSZ from startup (a write past RLIMIT_FSIZE then fails with EFBIG); this restores the
+# kernel's default, under which that write kills the process at the byte where it crosses the limit.
+_KILLED_BY_FILE_SIZE_LIMIT = ("import runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); "
+                              "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def train_process(args: list[str], tmp: Path, prelude: list[str] = (), **popen) -> subprocess.Popen:
     """scripts/train.py in its own process, $TMPDIR a fresh folder so that strays there can be seen."""
     (tmp / "tmpdir").mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmp / "tmpdir"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen([sys.executable, *prelude, str(REPO / "scripts" / "train.py"), *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
@@ -379,12 +385,13 @@ def test_disk_full_is_one_line_and_leaves_nothing_half_written(data_dir, tmp_pat
 
 def test_kill_during_a_checkpoint_save_leaves_no_half_written_file(data_dir, tmp_path, reliability):
     """After the first checkpoint, the running process's file size limit drops below a checkpoint's size
-    (prlimit), so the next save is killed by SIGXFSZ halfway through writing: a kill during the save.
+    (prlimit), so the kernel kills the next save (SIGXFSZ) halfway through writing it: a kill during the save.
     Lightning's own writer puts the bytes in $TMPDIR first and moves them (a copy across file systems), so the kill
     left a checkpoint-sized stray there; here they go to a temporary name beside the checkpoint, which the next
     run in that folder removes."""
     out = tmp_path / "out"
-    process = train_process(train_args(out, data_dir, "--epochs", 3, "--train-images", 640), tmp_path)
+    process = train_process(train_args(out, data_dir, "--epochs", 3, "--train-images", 640), tmp_path,
+                            prelude=["-c", _KILLED_BY_FILE_SIZE_LIMIT])
     last = out / "checkpoints" / "last.ckpt"
     wait_for(last, process)
     size = last.stat().st_size
@@ -438,9 +445,9 @@ from lightning_cnn.training import RunConfig, run
 import lightning  # what importing lightning sets is not the run's doing
 config = json.loads(sys.argv[1])
 before = dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads()
-status = exit_on_user_error(lambda argv: run(RunConfig(**config)), [])
+status = exit_on_user_error(lambda argv: run(RunConfig(**config)) and 0, [])
 after = dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads()
-print(json.dumps({"status": status, "environment_changed": sorted(
+print("\\nREPORT", json.dumps({"status": status, "environment_changed": sorted(
     k for k in set(before[0]) | set(after[0]) if before[0].get(k) != after[0].get(k)),
     "sigint_handler_restored": before[1] is after[1], "threads_restored": before[2] == after[2]}))
 """
@@ -458,7 +465,7 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
     process.send_signal(signal.SIGINT)
     stdout, err = process.communicate(timeout=300)
     assert "Traceback" not in err, err
-    report = json.loads(stdout.strip().splitlines()[-1])
+    report = json.loads(stdout.split("\nREPORT ", 1)[1].splitlines()[0])  # after the progress bar's last line
     assert report == {"status": 130, "environment_changed": [], "sigint_handler_restored": True,
                       "threads_restored": True}, report
     line = next(line for line in err.splitlines() if line.startswith("interrupted: "))
