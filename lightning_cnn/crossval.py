@@ -2,8 +2,8 @@
 
 Framework-neutral parts (numpy only): ``stratified_kfold`` (the folds), ``cross_entropy`` / ``fold_metrics`` (loss
 and accuracy from predicted probabilities, computed the same way for both frameworks) and ``write_report`` (the
-markdown + JSON + PNG report). ``train_fold_lightning`` trains one fold with Lightning; the Keras counterpart lives
-in ``scripts/crossval.py`` because this package never imports TensorFlow.
+markdown + JSON + PNG report). ``train_fold_lightning`` trains one fold with Lightning; the Keras counterpart is
+``keras_ref.crossval.train_fold_keras`` because this package never imports TensorFlow.
 
 The recipe of a fold is the document's model, optimizer, loss, batch size and preprocessing. What the fold
 replaces: the recipe's own validation (``validation_split`` / ``validation_test_head``) becomes the held-out fold,
@@ -75,41 +75,6 @@ def fold_metrics(probs, y) -> dict:
 # --- Lightning training of one fold ---------------------------------------------------------------------------
 
 
-def _fold_datamodule_class():
-    from .datamodule import ArrayDataModule
-
-    class FoldDataModule(ArrayDataModule):
-        """``ArrayDataModule`` over explicit arrays: train = the other folds, val = the held-out fold, test = the
-        test set. uint8 images in, the spec's preprocessing applied as usual."""
-
-        def __init__(self, train, val, test, **kwargs):
-            super().__init__(download=False, allow_partial_test=True, **kwargs)
-            self._train, self._val, self._test = train, val, test
-
-        def prepare_data(self) -> None:
-            pass
-
-        def _load(self):
-            return self._train, self._test
-
-        def _split(self, x_train, y_train, x_test, y_test) -> dict:
-            return {"train": (x_train, y_train), "val": self._val, "test": (x_test, y_test)}
-
-    return FoldDataModule
-
-
-def _predict(model, x_nchw, batch_size: int = 1000) -> np.ndarray:
-    import torch
-
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(x_nchw), batch_size):
-            out.append(torch.softmax(model(x_nchw[start:start + batch_size].to(device)).float(), dim=1).cpu())
-    return torch.cat(out).numpy()
-
-
 def train_fold_lightning(model_id: str, train, val, test, *, epochs: int | None = None, seed: int = 0,
                          accelerator: str = "auto", devices="auto", verbose: bool = False) -> dict:
     """Train ``model_id`` with its recipe on ``train`` = (uint8 images, int labels), validating on ``val`` every
@@ -118,31 +83,69 @@ def train_fold_lightning(model_id: str, train, val, test, *, epochs: int | None 
     from lightning.pytorch.callbacks import EarlyStopping
 
     from .callbacks import EpochHistory
+    from .datamodule import ArrayDataModule
     from .module import KerasRecipeModule
+    from .predict import predict_proba
     from .specs import get_spec
+    from .training import make_trainer
 
     spec = get_spec(model_id)
     L.seed_everything(seed, workers=True, verbose=False)
-    data = _fold_datamodule_class()(train, val, test, dataset=spec.dataset, preprocessing=spec.preprocessing,
-                                    batch_size=spec.recipe.batch_size, seed=seed)
+    data = ArrayDataModule(spec.dataset, preprocessing=spec.preprocessing, batch_size=spec.recipe.batch_size,
+                           seed=seed, splits={"train": train, "val": val, "test": test})
     module = KerasRecipeModule(spec.id, seed=seed)
     epochs = epochs or spec.recipe.epochs
     history = EpochHistory(None, total_epochs=epochs)
     callbacks = [history]
     if spec.recipe.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=spec.recipe.early_stopping_patience))
-    trainer = L.Trainer(accelerator=accelerator, devices=devices, max_epochs=epochs, callbacks=callbacks,
-                        logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                        enable_model_summary=False, enable_progress_bar=verbose, use_distributed_sampler=False)
+    trainer = make_trainer(accelerator=accelerator, devices=devices, max_epochs=epochs, callbacks=callbacks,
+                           progress_bar=verbose)
     trainer.fit(module, datamodule=data)
-    data.setup("test")
     return {
         "history_rows": [dict(row) for row in history.rows],
         "epoch_seconds": [row["seconds"] for row in history.rows],
         "epochs_run": len(history.rows),
-        "val_probs": _predict(module.model, data.x_val),
-        "test_probs": _predict(module.model, data.x_test),
+        "val_probs": predict_proba(module.model, spec, val[0]),
+        "test_probs": predict_proba(module.model, spec, test[0]),
     }
+
+
+# --- finished folds on disk (--resume) ------------------------------------------------------------------------
+
+
+def _fold_files(out: Path, fold: int) -> tuple[Path, Path]:
+    return out / "folds" / f"fold_{fold}.json", out / "folds" / f"fold_{fold}.npz"
+
+
+def save_fold(out, fold: int, settings: dict, result: dict) -> Path:
+    """Write fold ``fold``'s result (probabilities as .npz, the rest as JSON with ``settings``); returns the JSON
+    path."""
+    import io
+
+    from .atomic import write_bytes
+
+    meta_path, arrays_path = _fold_files(Path(out), fold)
+    buffer = io.BytesIO()
+    np.savez(buffer, val_probs=result["val_probs"], test_probs=result["test_probs"])
+    write_bytes(arrays_path, buffer.getvalue())
+    kept = {k: v for k, v in result.items() if k not in ("val_probs", "test_probs")}
+    write_text(meta_path, json.dumps({"settings": settings, **kept}, indent=2) + "\n")
+    return meta_path
+
+
+def load_fold(out, fold: int, settings: dict) -> dict | None:
+    """Fold ``fold``'s saved result if it was run with the same ``settings``, else None."""
+    meta_path, arrays_path = _fold_files(Path(out), fold)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("settings") != settings:
+            return None
+        with np.load(arrays_path) as arrays:
+            return {**{k: v for k, v in meta.items() if k != "settings"},
+                    "val_probs": arrays["val_probs"], "test_probs": arrays["test_probs"]}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 # --- report ---------------------------------------------------------------------------------------------------

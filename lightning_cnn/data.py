@@ -101,13 +101,18 @@ class CorruptDataError(DataError):
 # --- where to look --------------------------------------------------------------------------------------------
 
 
-def keras_cache_dir() -> Path:
-    """Keras's own rule, so that its downloads are found: ``$KERAS_HOME/datasets``, else ``~/.keras/datasets``
-    (``/tmp/.keras/datasets`` when the home folder is not writable)."""
+def keras_home() -> Path:
+    """Keras's own folder, by Keras's rule: ``$KERAS_HOME``, else ``~/.keras`` (``/tmp/.keras`` when the home folder
+    is not writable). Its ``datasets`` and ``models`` subfolders hold what Keras downloads."""
     if "KERAS_HOME" in os.environ:
-        return Path(os.environ["KERAS_HOME"]).expanduser() / "datasets"
+        return Path(os.environ["KERAS_HOME"]).expanduser()
     home = Path.home()
-    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras" / "datasets"
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras downloads data sets, so that its downloads are found."""
+    return keras_home() / "datasets"
 
 
 def _locations(name: str, data_dir) -> list[tuple[str, Path]]:
@@ -621,6 +626,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
             f"set, {_what_to_put(name, str(search_locations(name, data_dir)[0]))}."
         )
     return (x_train, y_train), (x_test, y_test)
+
+
+def data_folder(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """The folder of ``search_locations`` that ``load_dataset`` reads ``name`` from (downloading it first where
+    allowed and needed), for tools that hand one folder on, e.g. as ``--data-dir``. Raises what ``load_dataset``
+    raises when it is nowhere."""
+    _check_name(name)
+    download = download and os.environ.get("LIGHTNING_CNN_OFFLINE", "") in ("", "0")
+    source = _locate(name, data_dir, download)
+    return next(folder for _, folder in _locations(name, data_dir)
+                if folder.is_dir() and _find_in(name, folder) == source)
 
 
 # --- preprocessing --------------------------------------------------------------------------------------------

@@ -157,6 +157,8 @@ class ArrayDataModule(L.LightningDataModule):
       split (after ``train_subset``, before shuffling).
     - ``validation_test_head=N``: validate on the first N test images (document 003's ``validation_data``).
     - neither: no validation; ``val_dataloader()`` returns ``[]``, which Lightning skips.
+    - ``splits={"train": (x, y), "val": (x, y) or None, "test": (x, y)}``: these uint8 arrays as they are (e.g.
+      the folds of a cross-validation) instead of loading and splitting the data set.
     The test and predict loaders serve the whole test set. ``test_is_partial`` says whether it is shorter than
     the official 10,000 images (only possible with ``allow_partial_test=True``).
     ``device``: where the tensors live. Default: the trainer's device when it is a GPU (the data sets here are at
@@ -169,7 +171,8 @@ class ArrayDataModule(L.LightningDataModule):
                  preprocessing: str = "scale_255", train_subset: int | None = None,
                  validation_test_head: int | None = None, seed: int = 0, allow_partial_test: bool = False,
                  download: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False,
-                 device: str | torch.device | None = None, steps_per_execution: int = 1):
+                 device: str | torch.device | None = None, steps_per_execution: int = 1,
+                 splits: dict | None = None):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}")
@@ -179,6 +182,11 @@ class ArrayDataModule(L.LightningDataModule):
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
         if validation_split and validation_test_head:
             raise ValueError("give validation_split or validation_test_head, not both")
+        if splits is not None and (validation_split or validation_test_head or train_subset is not None):
+            raise ValueError("splits are used as given: leave validation_split, validation_test_head and "
+                             "train_subset unset")
+        if splits is not None and set(splits) != {"train", "val", "test"}:
+            raise ValueError(f"splits needs the keys train, val and test, got {', '.join(sorted(splits))}")
         self.dataset = dataset
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -193,6 +201,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.device = None if device is None else torch.device(device)
         self.steps_per_execution = steps_per_execution
+        self.splits = splits
         self.num_classes = len(CLASS_NAMES[dataset])
         self.class_names = CLASS_NAMES[dataset]
         self.x_train = self.y_train = self.x_val = self.y_val = self.x_test = self.y_test = None
@@ -213,14 +222,17 @@ class ArrayDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Find, download if needed, and validate the data once, before any other process needs it."""
-        self._load()
+        if self.splits is None:
+            self._load()
 
     def train_size(self) -> int:
         """Images one training epoch visits: after the recipe's subset and validation split (loads the data)."""
-        return len(self._split(*(array for pair in self._load() for array in pair))["train"][0])
+        parts = self.splits if self.splits is not None else self._split(*self._load())
+        return len(parts["train"][0])
 
-    def _split(self, x_train, y_train, x_test, y_test) -> dict:
+    def _split(self, train, test) -> dict:
         """The documents' splits as numpy views: {"train": (x, y), "val": (x, y) or None, "test": (x, y)}."""
+        (x_train, y_train), (x_test, y_test) = train, test
         if self.train_subset is not None:
             if not 0 < self.train_subset <= len(x_train):
                 raise ValueError(f"train_subset={self.train_subset} but there are {len(x_train):,} training images")
@@ -249,10 +261,9 @@ class ArrayDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the tensors the stage needs (all of them for ``stage=None``); calling again is cheap."""
         device = self._data_device()
-        (x_train, y_train), (x_test, y_test) = self._load()
-        self.test_is_partial = len(x_test) < TEST_SIZE
+        parts = self.splits if self.splits is not None else self._split(*self._load())
+        self.test_is_partial = len(parts["test"][0]) < TEST_SIZE
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        parts = self._split(x_train, y_train, x_test, y_test)
         for part in needed.get(stage, ("train", "val", "test")):
             if getattr(self, f"x_{part}") is None and parts[part] is not None:
                 x, y = parts[part]

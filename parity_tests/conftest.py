@@ -1,29 +1,22 @@
 """Shared fixtures for the Keras <-> PyTorch parity suite (real data, CPU, fixed seeds).
 
-TF_CPP_MIN_LOG_LEVEL is set before anything imports TensorFlow, and keras_ref (which imports lightning_cnn, and
-with it the TensorFlow/PyTorch coexistence guard, *before* TensorFlow) is the first framework import here.
+TensorFlow is loaded first thing, through ``keras_ref.load_tensorflow()``: its environment defaults, then the
+TensorFlow/PyTorch coexistence guard, then TensorFlow.
 """
 
 from __future__ import annotations
 
-import os
+from functools import lru_cache
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras_ref
 
-import keras_ref  # noqa: E402,F401  (lightning_cnn's guard first, then TensorFlow)
+keras = keras_ref.load_tensorflow()
+
 import lightning_cnn  # noqa: E402
+from lightning_cnn.data import load_dataset, preprocess  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from functools import lru_cache  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import keras  # noqa: E402
-
-DATA_DIR = Path(os.environ.get("LIGHTNING_CNN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-if not DATA_DIR.is_dir():  # the checkout may live elsewhere than /work/main
-    DATA_DIR = Path("/work/shared/data")
 
 # torch on 2 CI cores: deterministic kernels where they exist, float32 everywhere.
 torch.manual_seed(0)
@@ -41,35 +34,10 @@ def pytest_configure(config):
 
 @lru_cache(maxsize=None)
 def _test_split(dataset: str):
-    """(x_test uint8, y_test int64 flat) of the real data set: through lightning_cnn.data when it exists."""
-    try:
-        from lightning_cnn.data import load_dataset
-    except ImportError:  # data layer not there yet: read the shared npz copies directly
-        load_dataset = None
-    if load_dataset is not None:
-        _, (x, y) = load_dataset(dataset, DATA_DIR, allow_partial_test=True)  # shared CIFAR: first 1,000 test
-    else:
-        name = {"mnist": "mnist.npz", "cifar10": "cifar10_train50k_test1k.npz"}[dataset]
-        with np.load(DATA_DIR / name, allow_pickle=False) as npz:
-            x, y = npz["x_test"], npz["y_test"]
+    """(x_test uint8, y_test int64 flat) of the real data set, found by the data layer's lookup (CI sets
+    $LIGHTNING_CNN_DATA); the shared CIFAR-10 copy has the first 1,000 test images."""
+    _, (x, y) = load_dataset(dataset, allow_partial_test=True)
     return np.asarray(x), np.asarray(y).reshape(-1).astype(np.int64)
-
-
-def _preprocess(x: np.ndarray, kind: str) -> np.ndarray:
-    try:
-        from lightning_cnn.data import preprocess
-    except ImportError:
-        preprocess = None
-    if preprocess is not None:
-        return preprocess(x, kind)
-    x = x[..., None] if x.ndim == 3 else x
-    if kind == "scale_255":
-        return (x / 255.0).astype(np.float32)
-    if kind == "raw":
-        return x.astype(np.float32)
-    if kind == "vgg16_caffe":
-        return keras.applications.vgg16.preprocess_input(x.astype(np.float32))
-    raise ValueError(kind)
 
 
 def real_batch(model_id: str, n: int, start: int = 0):
@@ -77,7 +45,7 @@ def real_batch(model_id: str, n: int, start: int = 0):
     with integer labels."""
     spec = lightning_cnn.get_spec(model_id)
     x, y = _test_split(spec.dataset)
-    xb = np.ascontiguousarray(_preprocess(x[start:start + n], spec.preprocessing), dtype=np.float32)
+    xb = np.ascontiguousarray(preprocess(x[start:start + n], spec.preprocessing), dtype=np.float32)
     assert xb.shape == (n, *spec.input_shape)
     return xb, y[start:start + n]
 

@@ -21,7 +21,7 @@ CI (``-m "not slow"``) runs mnist_cnn_small on both sides with seeds 0, 1, 2 (it
 and Table 9 row 4 (mnist_mlp_t9_4) on both sides: 8 runs, about 4-5 minutes on 2 quiet cores. Everything else is
 ``@pytest.mark.slow``: ``pytest -m slow tests/test_bands.py``.
 
-Every run is ``scripts/reproduce.py``'s worker: one subprocess per run (TensorFlow and torch never share a process
+Every run is a reproduction worker (``lightning_cnn.reproduce``, what ``scripts/reproduce.py`` runs): one subprocess per run (TensorFlow and torch never share a process
 or a thread pool), ``LIGHTNING_CNN_BAND_JOBS`` at a time (default: min(2, cores)) with
 ``LIGHTNING_CNN_BAND_THREADS`` threads each (default: cores / jobs), longest first, all started as soon as the first
 band test asks. ``LIGHTNING_CNN_BAND_RUNS=DIR`` keeps the runs in DIR and reuses finished runs found there with the
@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from lightning_cnn.analysis import AGREEMENT_POINTS, BANDS, CNN_IDS, band_value, mean_std
+from lightning_cnn.reproduce import jobs as reproduce
 from lightning_cnn.specs import get_spec, list_models
 
 if importlib.util.find_spec("tensorflow") is None:  # the runs are subprocesses: TensorFlow is not imported here
@@ -45,9 +46,6 @@ if importlib.util.find_spec("tensorflow") is None:  # the runs are subprocesses:
 
 pytestmark = pytest.mark.keras
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("reproduce_for_bands", REPO / "scripts" / "reproduce.py")
-reproduce = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce)
 
 MNIST_IDS = [m for m in list_models() if get_spec(m).dataset == "mnist"]
 FRAMEWORKS = ("keras", "lightning")

@@ -71,18 +71,16 @@ def test_bench_smoke_steps_per_execution(data_dir, tmp_path):
 
 def test_grouped_windows_count_images_per_group_of_steps():
     """Stamps once per 4 steps of batch 8, one group of warm-up, windows of 8 steps: 64 images per window."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from bench import _grouped_windows
+    from lightning_cnn.benchmark import grouped_windows
 
     stamps = [0.0, 1.0, 2.0, 4.0, 5.0, 7.0]  # groups take 1, 1, 2, 1, 2 s
-    assert _grouped_windows(stamps, 8, 4, 8, 4) == 64 / 3  # windows [1, 4] s and [4, 7] s: 3 s each
-    assert _grouped_windows(stamps[:4], 8, 0, 1, 1) == 8  # a stamp a step: 8 images in 1, 1 and 2 s; median 8
+    assert grouped_windows(stamps, 8, 4, 8, 4) == 64 / 3  # windows [1, 4] s and [4, 7] s: 3 s each
+    assert grouped_windows(stamps[:4], 8, 0, 1, 1) == 8  # a stamp a step: 8 images in 1, 1 and 2 s; median 8
 
 
 def test_ratios_pair_the_runs_of_each_round():
     """Lightning ran at half the plain loop's speed in two of three rounds; the medians (30 vs 30) would hide it."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from bench import paired_ratio
+    from lightning_cnn.benchmark import paired_ratio
 
     lightning = {"images_per_s_runs": [50.0, 10.0, 30.0]}
     plain = {"images_per_s_runs": [100.0, 20.0, 30.0]}

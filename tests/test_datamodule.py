@@ -14,6 +14,7 @@ from lightning_cnn import datamodule as dm_module
 from lightning_cnn.data import DataError, load_dataset, preprocess
 from lightning_cnn.datamodule import ArrayDataModule, InMemoryLoader, shard_indices
 from lightning_cnn.specs import get_spec
+from lightning_cnn.training import make_trainer
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_data_can_live_on_another_device_and_batches_come_from_there(data_dir):
 
 def test_by_default_data_stay_on_the_cpu_for_a_cpu_trainer(data_dir):
     m = ArrayDataModule("mnist", data_dir, train_subset=64)
-    m.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    m.trainer = make_trainer(accelerator="cpu")
     m.setup("fit")
     assert m.x_train.device.type == "cpu"
 
@@ -254,9 +255,7 @@ def test_trainer_fit_uses_a_fresh_seeded_order_each_epoch(data_dir, validation_t
     data = ArrayDataModule("mnist", data_dir, batch_size=50, train_subset=200, seed=5,
                            validation_test_head=validation_test_head)
     model = Recorder()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        use_distributed_sampler=False)
+    trainer = make_trainer(max_epochs=2, accelerator="cpu")
     trainer.fit(model, datamodule=data)
     expected = {epoch: sum(epoch_labels(data.train_dataloader(), epoch), []) for epoch in (0, 1)}
     assert model.train_labels == expected and expected[0] != expected[1]

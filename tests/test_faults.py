@@ -9,7 +9,7 @@ Runs are tiny (mnist_mlp_t9_1, a few hundred images an epoch) so the suite stays
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import importlib
 import json
 import os
 import resource
@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_cnn.errors import exit_on_user_error
 
 pytestmark = pytest.mark.faults
 REPO = Path(__file__).resolve().parents[1]
@@ -36,17 +35,10 @@ MODEL = "mnist_mlp_t9_1"  # the cheapest documented network: 50,890 weights, bat
 MNIST_BYTES = 70_000 * 28 * 28 + 70_000
 
 
-def _script_main(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def cli(capsys, name: str, *argv) -> tuple[int, str]:
-    """An entry point run as the shell runs it (exit_on_user_error around its main): (exit status, stderr)."""
+    """A command line's ``main`` (``lightning_cnn.cli.<name>``, what scripts/<name>.py runs): (exit status, stderr)."""
     capsys.readouterr()
-    status = exit_on_user_error(_script_main(name), [str(a) for a in argv])
+    status = importlib.import_module(f"lightning_cnn.cli.{name}").main([str(a) for a in argv])
     return status, capsys.readouterr().err
 
 
@@ -254,11 +246,11 @@ def test_nan_loss_stops_training_naming_epoch_and_step(data_dir, reliability):
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory) -> Path:
     """A real best.ckpt of a one-epoch run."""
-    from lightning_cnn.training import RunConfig, run
+    from lightning_cnn.training import RunConfig, fit_and_test
 
     out = tmp_path_factory.mktemp("trained")
-    run(RunConfig(model=MODEL, accelerator="cpu", data_dir=str(data_dir), out=str(out), epochs=1,
-                  train_images="320", limit_test_batches=1, verbose=False))
+    fit_and_test(RunConfig(model=MODEL, accelerator="cpu", data_dir=str(data_dir), out=str(out), epochs=1,
+                           train_images="320", limit_test_batches=1, progress_bar=False))
     return out / "checkpoints" / "best.ckpt"
 
 
@@ -441,11 +433,11 @@ def test_kill_9_mid_epoch_then_resume_gives_the_same_weights(data_dir, tmp_path,
 _INTERRUPTED_RUN = """
 import json, os, signal, sys, torch
 from lightning_cnn.errors import exit_on_user_error
-from lightning_cnn.training import RunConfig, run
+from lightning_cnn.training import RunConfig, fit_and_test
 import lightning  # what importing lightning sets is not the run's doing
 config = json.loads(sys.argv[1])
 before = dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads()
-status = exit_on_user_error(lambda argv: run(RunConfig(**config)) and 0, [])
+status = exit_on_user_error(lambda argv: fit_and_test(RunConfig(**config)) and 0, [])
 after = dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads()
 print("\\nREPORT", json.dumps({"status": status, "environment_changed": sorted(
     k for k in set(before[0]) | set(after[0]) if before[0].get(k) != after[0].get(k)),
@@ -456,7 +448,7 @@ print("\\nREPORT", json.dumps({"status": status, "environment_changed": sorted(
 def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(data_dir, tmp_path, reliability):
     out = tmp_path / "out"
     config = dict(model=MODEL, accelerator="cpu", data_dir=str(data_dir), out=str(out), epochs=3,
-                  train_images="1280", limit_test_batches=1, seed=5, verbose=False)
+                  train_images="1280", limit_test_batches=1, seed=5, progress_bar=False)
     process = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_RUN, json.dumps(config)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = out / "checkpoints" / "last.ckpt"

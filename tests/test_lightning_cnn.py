@@ -6,11 +6,11 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,7 +18,7 @@ import lightning_cnn
 from lightning_cnn.models import count_params
 from lightning_cnn.optim import KerasAdam, KerasRMSprop, make_optimizer
 from lightning_cnn.specs import get_spec
-from lightning_cnn.training import RunConfig, UsageError, run
+from lightning_cnn.training import ConfigError, RunConfig, fit_and_test, make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,18 +102,23 @@ def test_a_step_the_loss_scaler_skips_is_not_counted(fused):
 
 
 def test_fast_dev_run_on_real_data(data_dir, tmp_path):
-    result = script("train.py", "--fast-dev-run", "--data-dir", data_dir, "--out", tmp_path / "run")
+    metrics = tmp_path / "metrics.json"
+    result = script("train.py", "--fast-dev-run", "--data-dir", data_dir, "--out", tmp_path / "run",
+                    "--metrics-json", metrics)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Total params: 30,762" in result.stdout
-    assert "Test accuracy:" in result.stdout
+    accuracy = float(re.search(r"Test accuracy: ([\d.]+)%", result.stdout).group(1))
+    saved = json.loads(metrics.read_text())  # what the command printed is what it wrote
+    assert saved["test_accuracy"] == pytest.approx(accuracy / 100, abs=0.00005)  # printed to 0.01 points
+    assert saved["command"].endswith(f"--metrics-json {metrics}") and saved["config"]["fast_dev_run"]
 
 
 @pytest.fixture(scope="module")
 def trained_small(data_dir, tmp_path_factory):
     """mnist_cnn_small, one epoch on the first 600 batches (19,200 images) of real MNIST."""
     out = tmp_path_factory.mktemp("small")
-    result = run(RunConfig(data_dir=str(data_dir), out=str(out), epochs=1, limit_train_batches=600,
-                           metrics_json=str(out / "metrics.json"), seed=0))
+    result = fit_and_test(RunConfig(data_dir=str(data_dir), out=str(out), epochs=1, limit_train_batches=600,
+                                    seed=0))
     return out, result
 
 
@@ -124,8 +129,6 @@ def test_short_real_training_reaches_stated_accuracy(trained_small):
     assert result["test_accuracy"] >= 0.96
     assert result["test_samples"] == 10_000
     assert result["train_samples_last_epoch"] == 600 * 32
-    saved = json.loads((out / "metrics.json").read_text())
-    assert saved["test_accuracy"] == pytest.approx(result["test_accuracy"])
     for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.csv", "learning_curves.png"):
         assert (out / name).is_file(), name
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,seconds,train_loss")
@@ -138,7 +141,7 @@ def test_pooling_before_relu_changes_no_output_and_no_gradient(model_id, moved, 
     import copy
 
     from lightning_cnn.data import load_dataset, preprocess
-    from lightning_cnn.models import MaxPool2d, pool_before_activation_
+    from lightning_cnn.speed.pooling import PoolThenActivation, pool_before_activation_
 
     spec = get_spec(model_id)
     (x, y), _ = load_dataset(spec.dataset, data_dir, allow_partial_test=True)
@@ -146,7 +149,8 @@ def test_pooling_before_relu_changes_no_output_and_no_gradient(model_id, moved, 
     y = torch.from_numpy(y[:64].reshape(-1).astype("int64"))
     reference = lightning_cnn.build_model(model_id, seed=0).eval()
     fast = pool_before_activation_(copy.deepcopy(reference))
-    assert sum(isinstance(m, MaxPool2d) and isinstance(m.activation, torch.nn.ReLU) for m in fast.modules()) == moved
+    assert sum(isinstance(m, PoolThenActivation) and isinstance(m[1], torch.nn.ReLU) for m in fast.modules()) == moved
+    assert fast.state_dict().keys() == reference.state_dict().keys()  # checkpoints load either way
     outputs = []
     for model in (reference, fast):
         logits = model(x)
@@ -181,7 +185,6 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     103 real test images in batches of 32 (the last one of 7) catch a mean taken over batches instead of images;
     two test runs in a row catch state carried over from one epoch to the next.
     """
-    import lightning as L
     import torch.nn.functional as F
 
     from lightning_cnn.data import load_dataset, preprocess
@@ -192,9 +195,9 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     x = torch.from_numpy(preprocess(x[:103], "scale_255")).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(y[:103].astype("int64"))
     module = KerasRecipeModule("mnist_cnn_small", seed=0)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = make_trainer(accelerator="cpu")
     for _ in range(2):
-        logged = trainer.test(module, InMemoryLoader(x, y, 32, shuffle=False), verbose=False)[0]
+        logged = trainer.test(module, InMemoryLoader(x, y, 32, shuffle=False), progress_bar=False)[0]
         with torch.no_grad():
             logits = module.model.eval()(x)
         assert logged["test_samples"] == 103
@@ -213,11 +216,11 @@ def test_resume_continues_to_the_same_result(data_dir, tmp_path, steps_per_execu
     # mnist_cnn_dropout has dropout (RNG), a validation split and EarlyStopping: the hardest case for resume.
     # With 4 batches a step the optimizer steps are Lightning's manual ones, whose count a checkpoint also carries.
     common = dict(model="mnist_cnn_dropout", data_dir=str(data_dir), limit_train_batches=20 // steps_per_execution,
-                  limit_val_batches=5, seed=3, verbose=False, steps_per_execution=steps_per_execution)
-    straight = run(RunConfig(out=str(tmp_path / "straight"), epochs=2, **common))
-    run(RunConfig(out=str(tmp_path / "resumed"), epochs=1, **common))
-    resumed = run(RunConfig(out=str(tmp_path / "resumed"), epochs=2,
-                            resume=str(tmp_path / "resumed/checkpoints/last.ckpt"), **common))
+                  limit_val_batches=5, seed=3, progress_bar=False, steps_per_execution=steps_per_execution)
+    straight = fit_and_test(RunConfig(out=str(tmp_path / "straight"), epochs=2, **common))
+    fit_and_test(RunConfig(out=str(tmp_path / "resumed"), epochs=1, **common))
+    resumed = fit_and_test(RunConfig(out=str(tmp_path / "resumed"), epochs=2,
+                                     resume=str(tmp_path / "resumed/checkpoints/last.ckpt"), **common))
     a = _final_weights(tmp_path / "straight/checkpoints/last.ckpt")
     b = _final_weights(tmp_path / "resumed/checkpoints/last.ckpt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -266,8 +269,8 @@ def test_train_py_compile_flag_trains_and_writes_a_loadable_checkpoint(data_dir,
 
 
 def test_bf16_mixed_on_cpu(data_dir, tmp_path):
-    result = run(RunConfig(data_dir=str(data_dir), out=str(tmp_path), epochs=1, limit_train_batches=300,
-                           precision="bf16-mixed", seed=0, verbose=False))
+    result = fit_and_test(RunConfig(data_dir=str(data_dir), out=str(tmp_path), epochs=1, limit_train_batches=300,
+                                    precision="bf16-mixed", seed=0, progress_bar=False))
     # bf16 autocast loses mantissa bits, not learning: 300 batches still give > 93% (fp32 gives ~96%).
     assert result["test_accuracy"] > 0.93
 
@@ -295,8 +298,9 @@ def test_steps_per_execution_trains_exactly_as_one_step_per_batch(data_dir, tmp_
     runs = {}
     for k in (1, 3):
         out = tmp_path / f"k{k}"
-        result = run(RunConfig(model=model_id, epochs=2, train_images="325", batch_size=32, precision=precision,
-                               data_dir=data_dir, out=str(out), steps_per_execution=k, verbose=False))
+        result = fit_and_test(RunConfig(model=model_id, epochs=2, train_images="325", batch_size=32,
+                                        precision=precision, data_dir=data_dir, out=str(out),
+                                        steps_per_execution=k, progress_bar=False))
         runs[k] = result, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     (one, one_ckpt), (grouped, grouped_ckpt) = runs[1], runs[3]
     assert grouped_ckpt["global_step"] == one_ckpt["global_step"] == 2 * math.ceil(325 * (
@@ -310,15 +314,12 @@ def test_steps_per_execution_trains_exactly_as_one_step_per_batch(data_dir, tmp_
 
 def test_steps_per_execution_takes_a_plain_dataloader_batch_as_one_batch(data_dir):
     """torch's DataLoader collates (x, y) samples into a list [x, y]: that is one batch, not a group of two."""
-    import lightning as L
-
     from lightning_cnn.module import KerasRecipeModule
 
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     module = KerasRecipeModule("mnist_cnn_small", seed=0, steps_per_execution=2)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
+    trainer = make_trainer(accelerator="cpu", max_epochs=1)
     trainer.fit(module, loader)
     assert trainer.global_step == 2 and trainer.callback_metrics["train_samples"] == 64
 
@@ -334,8 +335,8 @@ def test_gpu_request_without_gpu_is_one_clear_line(data_dir):
     result = script("train.py", "--accelerator", "gpu", "--data-dir", data_dir)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no CUDA GPU" in result.stderr
-    with pytest.raises(UsageError):
-        run(RunConfig(accelerator="gpu"))
+    with pytest.raises(ConfigError):
+        fit_and_test(RunConfig(accelerator="gpu"))
 
 
 def test_unknown_model_on_the_command_line(data_dir):
@@ -346,11 +347,12 @@ def test_unknown_model_on_the_command_line(data_dir):
 def test_train_images_overrides_the_recipe_subset(data_dir, tmp_path):
     bad = script("train.py", "--model", "cifar10_cnn", "--train-images", "-5", "--data-dir", data_dir)
     assert bad.returncode == 2 and "'all'" in bad.stderr and "Traceback" not in bad.stderr
-    common = dict(model="cifar10_cnn", data_dir=str(data_dir), allow_partial_test=True, epochs=1, verbose=False)
-    assert run(RunConfig(out=str(tmp_path / "recipe"), **common))["train_samples_last_epoch"] == 300
-    full = run(RunConfig(out=str(tmp_path / "all"), train_images="all", limit_train_batches=4, **common))
+    common = dict(model="cifar10_cnn", data_dir=str(data_dir), allow_partial_test=True, epochs=1, progress_bar=False)
+    assert fit_and_test(RunConfig(out=str(tmp_path / "recipe"), **common))["train_samples_last_epoch"] == 300
+    full = fit_and_test(RunConfig(out=str(tmp_path / "all"), train_images="all", limit_train_batches=4, **common))
     assert full["train_samples_last_epoch"] == 400  # 4 of 500 batches of 100: more than the recipe's 300 images
-    assert run(RunConfig(out=str(tmp_path / "n"), train_images="700", **common))["train_samples_last_epoch"] == 700
+    seven_hundred = fit_and_test(RunConfig(out=str(tmp_path / "n"), train_images="700", **common))
+    assert seven_hundred["train_samples_last_epoch"] == 700
 
 
 def test_predict_on_images_the_test_writes(trained_small, data_dir, tmp_path):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import keras_ref  # noqa: F401  (before keras: coexistence guard)
-import keras
+import keras_ref
 import lightning_cnn
 from keras_ref.models import VGG16_NOTOP_FILE
 from keras_ref.parity import copy_weights
@@ -15,11 +14,13 @@ from lightning_cnn.data import load_dataset, preprocess
 from lightning_cnn.pretrained import WeightsNotFoundError, find_vgg16_weights, load_vgg16_features
 from tests.test_keras_ref import write_legacy_vgg16_h5
 
+keras = keras_ref.load_tensorflow()  # already loaded by keras_ref.models, after the coexistence guard
+
 pytestmark = pytest.mark.keras
 
 
 def test_converted_keras_weights_give_the_same_logits_on_real_cifar(tmp_path, data_dir):
-    from scripts.convert_vgg16_weights import convert
+    from keras_ref.vgg16_weights import convert_vgg16_weights as convert
 
     keras.utils.set_random_seed(7)  # stand-in for the ImageNet file, which cannot be downloaded here
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))

@@ -1,0 +1,79 @@
+"""Print class probabilities for your own images, or for test-set images, from a train.py checkpoint.
+
+    lightning-cnn-predict --checkpoint runs/mnist_cnn_small/checkpoints/best.ckpt my_digit.png other.jpg
+    lightning-cnn-predict --checkpoint runs/mnist_cnn_small/checkpoints/best.ckpt --test-indices 0 1 2
+
+(``python scripts/predict.py ...`` is the same command.) Like tutorial 004, each image gets its top class and all
+ten probabilities. An unreadable image is reported by name (exit status 1) and the other images still get their
+answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from ..atomic import write_text
+from ..data import CIFAR10_CLASSES, load_dataset
+from ..errors import exit_on_user_error
+from ..predict import load_checkpoint_model, load_image, predict_proba
+
+
+def _main(argv) -> int:
+    p = argparse.ArgumentParser(prog="lightning-cnn-predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="*", help="PNG/JPEG files of any size")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by scripts/train.py")
+    p.add_argument("--test-indices", type=int, nargs="+", default=[], help="indices into the test set")
+    p.add_argument("--data-dir", help="data folder for --test-indices")
+    p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
+                   help="MNIST models: make dark-on-light drawings white-on-black (auto: if the background is light)")
+    p.add_argument("--json", metavar="PATH", help="also write the predictions as JSON")
+    args = p.parse_args(argv)
+    if not args.images and not args.test_indices:
+        p.error("give image files and/or --test-indices")
+    model, spec = load_checkpoint_model(args.checkpoint)
+    names = list(CIFAR10_CLASSES) if spec.dataset == "cifar10" else [str(i) for i in range(spec.num_classes)]
+
+    inputs, labels, failed = [], [], 0
+    for path in args.images:
+        try:
+            inputs.append(load_image(path, spec, args.invert))
+            labels.append((path, None))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    if args.test_indices:
+        _, (x_test, y_test) = load_dataset(spec.dataset, args.data_dir, allow_partial_test=True)
+        for index in args.test_indices:
+            if not 0 <= index < len(x_test):
+                print(f"error: test index {index} is out of range 0..{len(x_test) - 1}", file=sys.stderr)
+                failed += 1
+                continue
+            inputs.append(x_test[index])
+            labels.append((f"test[{index}]", int(np.ravel(y_test[index])[0])))
+
+    records = []
+    if inputs:
+        probabilities = predict_proba(model, spec, np.stack(inputs))
+        for (name, truth), probs in zip(labels, probabilities):
+            top = int(probs.argmax())
+            truth_text = "" if truth is None else f" (true: {names[truth]})"
+            print(f"{name}: {names[top]} ({probs[top]:.4f}){truth_text}")
+            print("  " + "  ".join(f"{names[i]}: {probs[i]:.4f}" for i in range(len(probs))))
+            records.append({"input": name, "predicted": names[top], "probabilities": probs.tolist(),
+                            "true": None if truth is None else names[truth]})
+    if args.json:
+        write_text(args.json, json.dumps(records, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    return exit_on_user_error(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Train a documented model with its documented recipe under PyTorch Lightning, then print its test accuracy.
+
+    lightning-cnn-train                                      # mnist_cnn_small, 5 epochs, CPU or GPU
+    lightning-cnn-train --accelerator gpu --precision 16-mixed
+    lightning-cnn-train --model mnist_cnn_dropout --devices 2 --strategy ddp --accelerator cpu
+
+(``python scripts/train.py ...`` is the same command.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
+
+from ..atomic import write_text
+from ..errors import exit_on_user_error
+from ..specs import DEFAULT_MODEL, list_models
+from ..training import RunConfig, fit_and_test
+from . import show_library_messages
+
+
+def parse_args(argv=None) -> tuple[RunConfig, str | None]:
+    """The run configuration and the --metrics-json path."""
+    p = argparse.ArgumentParser(prog="lightning-cnn-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL}); one of: "
+                   + ", ".join(list_models()))
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    p.add_argument("--devices", default="auto", help="number of devices, a list, or 'auto'")
+    p.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn, auto")
+    p.add_argument("--precision", default="32-true", choices=["32-true", "16-mixed", "bf16-mixed"])
+    p.add_argument("--epochs", type=int, help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="folder with the data files (else $LIGHTNING_CNN_DATA, caches, download)")
+    p.add_argument("--fast-dev-run", action="store_true", help="one batch of each stage, as a smoke test")
+    p.add_argument("--resume", metavar="PATH", help="checkpoint to continue from (e.g. OUT/checkpoints/last.ckpt)")
+    p.add_argument("--metrics-json", metavar="PATH", help="write the final metrics and history as JSON")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (inductor); pays off on CUDA, "
+                   "not on a small CPU (see docs/performance.md)")
+    p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
+                   help="batches per Lightning step, one optimizer step each (Keras's steps_per_execution): "
+                   "the same training, less per-step overhead; progress bar and callbacks count groups")
+    p.add_argument("--init", default="keras", choices=["keras", "torch"], help="initialisers (default: Keras's)")
+    p.add_argument("--weights", default="auto", help="cifar10_vgg16_transfer: ImageNet weights (.safetensors from "
+                   "scripts/convert_vgg16_weights.py, or torchvision's .pth), 'auto' to search the caches, or 'none'")
+    p.add_argument("--train-images", metavar="N|all", help="train on the first N training images, or 'all' "
+                   "(default: the recipe's; cifar10_cnn's is 300, as in its tutorial)")
+    p.add_argument("--allow-partial-test", action="store_true",
+                   help="accept a test set shorter than the official one (reports say so)")
+    for stage in ("train", "val", "test"):
+        p.add_argument(f"--limit-{stage}-batches", type=float, help="Lightning's limit: a fraction or a count")
+    args = vars(p.parse_args(argv))
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        if args[key] is not None and args[key] >= 1:
+            args[key] = int(args[key])
+    metrics_json = args.pop("metrics_json")
+    known = {f.name for f in fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in args.items() if k in known}), metrics_json
+
+
+def _main(argv) -> int:
+    config, metrics_json = parse_args(argv)
+    show_library_messages()
+    result = fit_and_test(config)
+    if rank_zero_only.rank == 0:
+        partial = f" (first {result['test_samples']:,} test images)" if result["test_is_partial"] else ""
+        print(f"Test loss: {result['test_loss']:.4f} - Test accuracy: {100 * result['test_accuracy']:.2f}%"
+              f"{partial}", flush=True)
+        if metrics_json:
+            result["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
+            write_text(metrics_json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    return exit_on_user_error(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
