@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from lightning_cnn.errors import UserError  # noqa: E402
+from lightning_cnn.errors import UserError, exit_on_user_error  # noqa: E402
 from lightning_cnn.layers import ACTIVATION_NAMES, Conv2d, GlobalPool2d, Linear, SamePad2d, SamePool2d  # noqa: E402
 from lightning_cnn.layers import make_activation  # noqa: E402
 
@@ -527,10 +527,14 @@ def load_keras_model(path: str | os.PathLike):
     """
     path = Path(path)
     if path.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ValueError(f"{path}: expected a .keras or .h5 Keras model file")
+        raise ParityError(f"{path}: expected a .keras or .h5 Keras model file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return keras.models.load_model(path, safe_mode=True, compile=False)
+        raise ParityError(f"{path} does not exist")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # damaged archive, HDF5 error, refused Lambda code: none is a bug of ours
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ParityError(f"cannot load Keras model {path}: {first_line}") from None
 
 
 def max_abs_diff(keras_model, torch_module: nn.Module, x_nhwc: np.ndarray) -> float:
@@ -548,6 +552,10 @@ def max_abs_diff(keras_model, torch_module: nn.Module, x_nhwc: np.ndarray) -> fl
 
 
 def main(argv=None) -> int:
+    return exit_on_user_error(_main, argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m keras_ref.parity",
         description="Check a Keras model file against its PyTorch twin (loaded with safe_mode=True: Lambda code "

@@ -240,6 +240,47 @@ def test_nan_loss_stops_training_naming_epoch_and_step(data_dir, reliability):
     reliability("training", "the loss becomes NaN/inf (a diverged network)", f"error: {error.value}")
 
 
+# --- every entry point: an anticipated failure is one line and exit status 2 ----------------------------------------
+
+IN_PROCESS = {  # command line -> arguments that point at something missing ({missing} is a path that is not there)
+    "train": ["--data-dir", "{missing}", "--epochs", "1", "--out", "{out}"],
+    "predict": ["--checkpoint", "{missing}/best.ckpt", "--test-indices", "0"],
+    "crossval": ["--model", "mnist_cnn_small", "--framework", "lightning", "--data-dir", "{missing}", "--out",
+                 "{out}"],
+    "reproduce": ["--frameworks", "lightning", "--models", "mnist_cnn_small", "--data-dir", "{missing}", "--out",
+                  "{out}"],
+    "bench": ["--models", "mnist_cnn_small", "--contenders", "lightning", "--data-dir", "{missing}", "--out",
+              "{out}/bench.md"],
+    "convert_vgg16_weights": ["--h5", "{missing}/vgg16.h5", "--out", "{out}/vgg16.safetensors"],
+}
+
+
+@pytest.mark.parametrize("name", list(IN_PROCESS))
+def test_every_command_line_refuses_a_missing_input_in_one_line(capsys, tmp_path, reliability, name):
+    argv = [a.format(missing=tmp_path / "missing", out=tmp_path / "out") for a in IN_PROCESS[name]]
+    status, err = cli(capsys, name, *argv)
+    line = assert_one_line_error(status, err, str(tmp_path / "missing"))
+    reliability("entry points", f"`{name}` given a path that does not exist", line)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("command", ["train_keras", "keras_ref.parity"])
+def test_keras_command_lines_refuse_bad_input_in_one_line(tmp_path, reliability, command):
+    """In their own processes: these load TensorFlow."""
+    if command == "train_keras":
+        argv = [str(REPO / "scripts" / "train_keras.py"), "--model", "mnist_cnn_small", "--data-dir",
+                str(tmp_path / "missing"), "--epochs", "1"]
+        needle, tried = str(tmp_path / "missing"), "`train_keras` given a data folder that does not exist"
+    else:
+        damaged = tmp_path / "model.keras"
+        damaged.write_bytes(b"PK\x03\x04 not really a Keras archive" * 10)
+        argv = ["-m", "keras_ref.parity", str(damaged)]
+        needle, tried = f"cannot load Keras model {damaged}", "`python -m keras_ref.parity` with a damaged .keras file"
+    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+    line = assert_one_line_error(result.returncode, result.stderr, needle)
+    reliability("entry points", tried, line)
+
+
 # --- checkpoints: predict.py and --resume -------------------------------------------------------------------------
 
 
