@@ -475,14 +475,17 @@ _INTERRUPTED_RUN = """
 import json, os, signal, sys, torch
 from lightning_cnn.errors import exit_on_user_error
 from lightning_cnn.training import RunConfig, fit_and_test
+from lightning_cnn.speed.cpu_tuning import retaining_freed_memory
 import lightning  # what importing lightning sets is not the run's doing
 config = json.loads(sys.argv[1])
-before = dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads()
+state = lambda: (dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads(), retaining_freed_memory())
+before = state()
 status = exit_on_user_error(lambda argv: fit_and_test(RunConfig(**config)) and 0, [])
-after = dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads()
+after = state()
 print("\\nREPORT", json.dumps({"status": status, "environment_changed": sorted(
     k for k in set(before[0]) | set(after[0]) if before[0].get(k) != after[0].get(k)),
-    "sigint_handler_restored": before[1] is after[1], "threads_restored": before[2] == after[2]}))
+    "sigint_handler_restored": before[1] is after[1], "threads_restored": before[2] == after[2],
+    "malloc_settings_restored": before[3] == after[3] is False}))
 """
 
 
@@ -500,7 +503,7 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
     assert "Traceback" not in err, err
     report = json.loads(stdout.split("\nREPORT ", 1)[1].splitlines()[0])  # after the progress bar's last line
     assert report == {"status": 130, "environment_changed": [], "sigint_handler_restored": True,
-                      "threads_restored": True}, report
+                      "threads_restored": True, "malloc_settings_restored": True}, report
     line = next(line for line in err.splitlines() if line.startswith("interrupted: "))
     assert f"--resume {last}" in line and "after epoch 1" in line
     from lightning_cnn.predict import load_checkpoint_model
@@ -508,5 +511,5 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
     load_checkpoint_model(last, MODEL)  # whole, the right model, finite weights
     assert ckpt_epoch(last) == 0
     reliability("crashes", "Ctrl-C (SIGINT) during epoch 2",
-                f"{line.replace(str(out), 'OUT')}; exit status 130; environment variables, the SIGINT handler and "
-                "torch's thread count are as before the run")
+                f"{line.replace(str(out), 'OUT')}; exit status 130; environment variables, the SIGINT handler, "
+                "torch's thread count and glibc's malloc settings are as before the run")
