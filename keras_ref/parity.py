@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -530,6 +531,9 @@ def load_keras_model(path: str | os.PathLike):
         raise ParityError(f"{path}: expected a .keras or .h5 Keras model file")
     if not path.is_file():
         raise ParityError(f"{path} does not exist")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras itself would say "File not found"
+        raise ParityError(f"{path} is not a .keras archive (not a zip file): it is damaged or was not saved by "
+                          "Keras; save the model again with model.save()")
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # damaged archive, HDF5 error, refused Lambda code: none is a bug of ours

@@ -39,12 +39,22 @@ def pytest_runtest_logreport(report):
         _FAILED.append(report.nodeid)
 
 
-def render() -> str:
+def render(compact: bool = False) -> str:
+    """The full table (docs), or for the README each outcome cut to its first 100 characters with a link."""
     rows = sorted(_RECORDS.items(), key=lambda item: (item[1][0], item[0]))
-    lines = ["| Area | What was tried | What the user gets | Test |", "|---|---|---|---|"]
+    if compact:
+        lines = ["| Area | What was tried | What the user gets |", "|---|---|---|"]
+    else:
+        lines = ["| Area | What was tried | What the user gets | Test |", "|---|---|---|---|"]
     for nodeid, (area, tried, got) in rows:
-        test = nodeid.split("::", 1)[1]
-        lines.append(f"| {area} | {tried} | {got.replace('|', '/')} | `{test}` |")
+        got = got.replace("|", "/")
+        if compact:
+            short = got if len(got) <= 100 else got[:100].rsplit(" ", 1)[0] + " …"
+            lines.append(f"| {area} | {tried} | {short} |")
+        else:
+            lines.append(f"| {area} | {tried} | {got} | `{nodeid.split('::', 1)[1]}` |")
+    if compact:
+        lines.append("\nFull messages and the test behind each row: [docs/reliability.md](docs/reliability.md).")
     return "\n".join(lines) + "\n"
 
 
@@ -62,7 +72,7 @@ def pytest_sessionfinish(session, exitstatus):
     write_text(doc, _between_markers(text, table))
     readme = REPO / "README.md"
     if START in readme.read_text():
-        write_text(readme, _between_markers(readme.read_text(), table))
+        write_text(readme, _between_markers(readme.read_text(), render(compact=True)))
     print(f"\nreliability table: {len(_RECORDS)} cases written to {doc}"
           + (" and README.md" if START in readme.read_text() else ""))
 
