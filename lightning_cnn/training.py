@@ -99,8 +99,9 @@ def make_trainer(*, accelerator: str = "auto", devices="auto", strategy: str = "
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
     return L.Trainer(
         accelerator=accelerator, devices=_devices(devices), strategy=strategy, precision=precision,
-        callbacks=[*callbacks, *(speed or Speed()).trainer_callbacks(accelerator)], logger=False, num_sanity_val_steps=0, use_distributed_sampler=False,
-        enable_model_summary=False, enable_progress_bar=progress_bar, plugins=[AtomicCheckpointIO()],
+        callbacks=[*callbacks, *(speed or Speed()).trainer_callbacks(accelerator)], logger=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
+        enable_progress_bar=progress_bar, plugins=[AtomicCheckpointIO()],
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), **settings)
 
 

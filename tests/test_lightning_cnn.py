@@ -197,7 +197,7 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     module = KerasRecipeModule("mnist_cnn_small", seed=0)
     trainer = make_trainer(accelerator="cpu")
     for _ in range(2):
-        logged = trainer.test(module, InMemoryLoader(x, y, 32, shuffle=False), progress_bar=False)[0]
+        logged = trainer.test(module, InMemoryLoader(x, y, 32, shuffle=False), verbose=False)[0]
         with torch.no_grad():
             logits = module.model.eval()(x)
         assert logged["test_samples"] == 103

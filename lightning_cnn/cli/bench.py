@@ -41,8 +41,8 @@ from ..errors import UserError, exit_on_user_error
 def floor_report(steps: int) -> str:
     floors = {}
     for contender in ("plain_torch", "lightning"):
-        done = subprocess.run([sys.executable, "-m", "lightning_cnn.cli.bench", "--floor-worker", contender, "--floor-steps", str(steps)],
-                              capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "lightning_cnn.cli.bench", "--floor-worker", contender,
+                               "--floor-steps", str(steps)], capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"error: the {contender} floor failed:\n{done.stderr[-2000:]}")
         floors[contender] = float(done.stdout.split()[-1])
@@ -89,8 +89,8 @@ def render(records: list[dict], command: str, peaks: dict, accelerator: str = "c
 
 
 def _run_worker(args, model, batch_size, precision, contender) -> dict | None:
-    cmd = [sys.executable, "-m", "lightning_cnn.cli.bench", "--worker", "--model", model, "--batch-size", str(batch_size),
-           "--precision", precision, "--contender", contender, "--warmup", str(args.warmup),
+    cmd = [sys.executable, "-m", "lightning_cnn.cli.bench", "--worker", "--model", model,
+           "--batch-size", str(batch_size), "--precision", precision, "--contender", contender, "--warmup", str(args.warmup),
            "--windows", str(args.windows)]
     cmd += ["--window", str(args.window)] if args.window else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []

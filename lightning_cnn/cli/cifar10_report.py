@@ -124,7 +124,8 @@ def _main(argv) -> int:
             if args.report_only or (result_path(args.out, run, framework).is_file() and not args.retrain):
                 continue
             print(f"$ {shown}", flush=True)
-            done = subprocess.run([sys.executable, "-m", MODULES[framework], *cmd[1:]], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            done = subprocess.run([sys.executable, "-m", MODULES[framework], *cmd[1:]],
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
             if done.returncode:
                 print(f"error: {run} on {framework} failed (exit {done.returncode})", file=sys.stderr)
                 return 1
