@@ -447,9 +447,10 @@ def _read_cifar_batch(stream, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar_batch_cap() -> int:
-    """Bytes a genuine batch file stays far below (images plus a few hundred KB of names and labels): twice the
-    image bytes. A larger one is not CIFAR-10, and is refused before it is read."""
-    return 2 * CIFAR_IMAGES_PER_BATCH * 3072
+    """Bytes a batch file may have before it is read: its pixels as 8-byte integers (the widest dtype a damaged
+    batch could hold, which the validation then names) plus 1 MiB of names and labels. A genuine batch is an
+    eighth of that; a larger file is not CIFAR-10 and is refused before unpickling, so memory stays bounded."""
+    return 8 * CIFAR_IMAGES_PER_BATCH * 3072 + (1 << 20)
 
 
 def _check_batch_size(size: int, where: str) -> None:
