@@ -5,7 +5,8 @@ Public API
 - ``copy_weights(src, dst)``: copy every weight from a Keras model to a PyTorch module of the same architecture,
   or back. Works for ``keras_ref.build_model(id)`` <-> ``lightning_cnn.build_model(id)`` for every id, and for
   any model made of the supported layers.
-- ``keras_to_torch(keras_model)``: build the PyTorch twin of a Keras model and copy its weights. The twin takes
+- ``keras_to_torch(keras_model)``: build the PyTorch twin of a Keras model and copy its weights (a model that is
+  not a linear stack goes to ``keras_ref.convert``). The twin takes
   NCHW input and returns what the Keras model returns (a trailing softmax included) on the same data in NHWC. It
   is returned in ``eval()`` mode (Keras's ``model(x)`` is inference), with ``requires_grad`` mirroring each Keras
   layer's ``trainable``.
@@ -493,9 +494,15 @@ def keras_to_torch(keras_model) -> nn.Module:
     """The PyTorch twin of ``keras_model`` (NCHW in, the Keras model's output out), with its weights copied.
 
     Nested Keras models become nested ``nn.Sequential``s with the same names; the twin is in ``eval()`` mode and
-    its parameters' ``requires_grad`` follow the Keras layers' ``trainable``.
+    its parameters' ``requires_grad`` follow the Keras layers' ``trainable``. Any other functional graph
+    (branches, merges, RNNs, ...) is delegated to ``keras_ref.convert.convert`` (a ``torch.fx`` twin).
     """
-    steps = walk_keras(keras_model)
+    try:
+        steps = walk_keras(keras_model)
+    except ParityError:
+        from keras_ref.convert import convert
+
+        return convert(keras_model)
     root = nn.Sequential()
     containers = {id(keras_model): root}
     for step in steps:

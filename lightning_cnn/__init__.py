@@ -22,6 +22,7 @@ _EXPORTS = {
     "RunConfig": "training", "fit_and_test": "training", "make_trainer": "training",
     "UserError": "errors", "DataError": "data", "UnknownModelError": "specs", "CheckpointError": "predict",
     "WeightsNotFoundError": "pretrained",
+    "load_converted": "converted",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -212,10 +212,13 @@ def test_lambda_layer_is_refused_with_its_name():
     assert all(np.array_equal(before[k], v) for k, v in torch_weights(tm).items())
 
 
-def test_lstm_is_refused():
+def test_lstm_goes_to_the_graph_converter():
+    """Not a linear CNN: keras_to_torch delegates to keras_ref.convert (its own tests cover the layer)."""
     km = seq((28, 28), layers.LSTM(8, name="rnn"), layers.Dense(10))
-    with pytest.raises(ParityError, match=r"rnn.*LSTM"):
-        keras_to_torch(km)
+    x = mnist()[..., 0]
+    with torch.no_grad():
+        out = keras_to_torch(km)(torch.from_numpy(x)).numpy()
+    assert np.abs(out - km(x, training=False).numpy()).max() <= ATOL
 
 
 def test_unsupported_torch_module_is_refused():
@@ -225,12 +228,15 @@ def test_unsupported_torch_module_is_refused():
         copy_weights(km, tm)
 
 
-def test_non_linear_functional_model_is_refused():
+def test_non_linear_functional_model_goes_to_the_graph_converter():
     inputs = keras.Input((16,))
     h = layers.Dense(16, name="branch")(inputs)
     outputs = layers.Dense(10)(layers.Add(name="residual")([inputs, h]))
-    with pytest.raises(ParityError):
-        keras_to_torch(keras.Model(inputs, outputs))
+    km = keras.Model(inputs, outputs)
+    x = mnist()[:, 0, :16, 0]
+    with torch.no_grad():
+        out = keras_to_torch(km)(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    assert np.abs(out - km(x, training=False).numpy()).max() <= ATOL
 
 
 def test_copy_needs_one_keras_and_one_torch_model():

@@ -1,0 +1,206 @@
+"""The saved twin: ``python -m keras_ref.convert`` writes a folder, ``lightning_cnn.load_converted`` reads it back
+with TensorFlow and Keras made unimportable, and bad folders give a clear ConvertedModelError (a UserError).
+
+(Here rather than in tests/ because Keras is needed to create the folder.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import lightning_cnn
+from keras_ref.convert import main, save_converted
+from lightning_cnn.converted import ConvertedModelError
+from lightning_cnn.errors import UserError, exit_on_user_error
+
+from .test_convert_layers import images, randomize
+
+pytestmark = pytest.mark.keras
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The child process: tensorflow and keras cannot be imported at all (a meta-path finder raises ImportError).
+NO_TENSORFLOW = textwrap.dedent("""
+    import sys
+
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Refuse())
+    import numpy as np, torch
+    import lightning_cnn
+    folder, x_path, out_path = sys.argv[1:4]
+    twin = lightning_cnn.load_converted(folder)
+    with np.load(x_path) as npz:
+        inputs = [torch.from_numpy(npz[k]) for k in sorted(npz.files)]
+    with torch.no_grad():
+        out = twin(*inputs)
+    np.save(out_path, out.numpy())
+    assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules), "TF/Keras got imported"
+    print(type(twin).__name__, sum(p.numel() for p in twin.parameters()))
+""")
+
+
+def small_model():
+    inputs = keras.Input((9, 9, 3), name="image")
+    x = layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="stem")(inputs)
+    y = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    y = layers.BatchNormalization(name="bn")(y)
+    x = layers.Add(name="residual")([x, y])
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, layers.Dense(4, name="logits")(x), name="small")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = randomize(small_model())
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    folder = save_converted(model, tmp_path_factory.mktemp("conv") / "small_torch")
+    return model, folder
+
+
+def test_folder_contents(saved):
+    model, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["compile.json", "graph.json", "parity.json",
+                                                        "weights.safetensors"]
+    graph = json.loads((folder / "graph.json").read_text())
+    assert graph["format"] == "lightning-cnn-graph" and graph["version"] == 1 and "NCHW" in graph["layout"]
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["outputs"][0]["max_abs_diff"] <= 1e-5
+    assert set(parity["versions"]) >= {"keras", "tensorflow", "torch"}
+    compile_config = json.loads((folder / "compile.json").read_text())
+    assert compile_config["loss"] == "sparse_categorical_crossentropy"
+    assert compile_config["optimizer"]["class_name"] == "Adam"
+    assert not list(folder.parent.glob(".*"))  # no temporary folder left beside it
+
+
+def test_load_without_tensorflow_matches_keras(saved, tmp_path):
+    model, folder = saved
+    x = images()
+    expected = model(x, training=False).numpy()
+    np.savez(tmp_path / "x.npz", image=x.transpose(0, 3, 1, 2))  # the twin takes NCHW
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(folder), str(tmp_path / "x.npz"),
+                             str(tmp_path / "out.npy")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = np.load(tmp_path / "out.npy")
+    # Same tolerance as the layer tests: 1e-5 of the largest output (float32 kernel differences are ~1e-7).
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_loaded_twin_is_readable_and_trainable(saved):
+    _, folder = saved
+    twin = lightning_cnn.load_converted(folder)
+    assert "residual = self.residual(stem, bn)" in twin.code
+    assert not twin.training
+    assert all(p.requires_grad for p in twin.parameters())
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for f in folder.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda g: g.update(version=99), "format version 99"),
+    (lambda g: g["modules"][0].update(op="os.system"), "unknown op 'os.system'"),
+    (lambda g: g["modules"][0]["config"].update(filters="six"), "bad config"),
+    (lambda g: g["modules"][0]["config"].update(evil=1), "bad config"),
+    (lambda g: g["nodes"][1].update(inputs=["nowhere"]), "before they are computed"),
+    (lambda g: g["modules"][0].update(name="__class__"), "bad or duplicate module name"),
+    (lambda g: g["modules"][0].update(name="import"), "bad or duplicate module name"),
+    (lambda g: g["inputs"][0].update(name="x):\n    import os #"), "bad or duplicate input name"),
+    (lambda g: g["modules"][1]["config"].update(filters=7, in_channels=7, groups=7), "do not match"),
+    (lambda g: g.pop("nodes"), "malformed graph"),
+])
+def test_tampered_graph_is_a_user_error(saved, tmp_path, tamper, message):
+    _, folder = saved
+    bad = _copy(folder, tmp_path / "bad")
+    graph = json.loads((bad / "graph.json").read_text())
+    tamper(graph)
+    (bad / "graph.json").write_text(json.dumps(graph))
+    with pytest.raises(ConvertedModelError, match=message) as info:
+        lightning_cnn.load_converted(bad)
+    assert isinstance(info.value, UserError) and "keras_ref.convert" in str(info.value)
+
+
+def test_corrupt_or_missing_files_are_user_errors(saved, tmp_path):
+    _, folder = saved
+    bad = _copy(folder, tmp_path / "bad")
+    (bad / "graph.json").write_text("{not json")
+    with pytest.raises(ConvertedModelError, match="not valid JSON"):
+        lightning_cnn.load_converted(bad)
+    bad = _copy(folder, tmp_path / "bad2")
+    (bad / "weights.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ConvertedModelError, match="cannot read"):
+        lightning_cnn.load_converted(bad)
+    with pytest.raises(ConvertedModelError, match="does not exist"):
+        lightning_cnn.load_converted(tmp_path / "nowhere")
+
+
+def test_weights_of_another_model_are_refused(saved, tmp_path):
+    _, folder = saved
+    other_model = keras.Model(i := keras.Input((9, 9, 3)), layers.Dense(4, name="logits")(layers.Flatten()(i)))
+    other = save_converted(other_model, tmp_path / "other")
+    bad = _copy(folder, tmp_path / "bad")
+    (bad / "weights.safetensors").write_bytes((other / "weights.safetensors").read_bytes())
+    with pytest.raises(ConvertedModelError, match="weights do not match graph.json"):
+        lightning_cnn.load_converted(bad)
+
+
+def test_cli_writes_the_folder_and_reports(saved, tmp_path, capsys):
+    model, _ = saved
+    model.save(tmp_path / "small.keras")
+    np.savez(tmp_path / "real.npz", image=images())
+    out = tmp_path / "small_torch"
+    assert main([str(tmp_path / "small.keras"), "--out", str(out), "--inputs", str(tmp_path / "real.npz")]) == 0
+    assert "max |Keras - twin|" in capsys.readouterr().out
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["inputs"] == "4 given inputs" and parity["passed"]
+    assert json.loads((out / "compile.json").read_text())["loss"] == "sparse_categorical_crossentropy"
+    # Converting again replaces the folder in one step.
+    assert main([str(tmp_path / "small.keras"), "--out", str(out)]) == 0
+    assert json.loads((out / "parity.json").read_text())["inputs"].endswith("random inputs (seed 0)")
+
+
+def test_cli_parity_failure_exits_1(saved, tmp_path):
+    model, _ = saved
+    model.save(tmp_path / "small.keras")
+    # atol 1e-12: the frameworks' float32 rounding differences (~1e-8 here, checked below) exceed it.
+    code = main([str(tmp_path / "small.keras"), "--out", str(tmp_path / "t"), "--atol", "1e-12"])
+    parity = json.loads((tmp_path / "t" / "parity.json").read_text())
+    assert parity["outputs"][0]["max_abs_diff"] > 1e-12
+    assert code == 1 and parity["passed"] is False
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    assert exit_on_user_error(main, [str(tmp_path / "missing.keras"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing.keras" in err and err.count("\n") == 1
+    model = keras.Model(i := keras.Input((7, 5)), layers.Bidirectional(layers.GRU(2), name="bi")(i))
+    model.save(tmp_path / "rnn.keras")
+    assert exit_on_user_error(main, [str(tmp_path / "rnn.keras"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "'bi' (Bidirectional): unsupported layer" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    assert exit_on_user_error(main, [str(tmp_path / "rnn.keras"), "--out", str(tmp_path / "notes")]) == 2
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
