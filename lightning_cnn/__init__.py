@@ -2,7 +2,7 @@
 
 Importing the package changes nothing in the process and loads nothing heavy: the names below are imported on
 first use. They are the public API; the modules they come from (``models``, ``module``, ``datamodule``, ``data``,
-``specs``, ``speed``, ``layers``, ``errors``) are public too, the rest is the project's own plumbing.
+``specs``, ``speed``, ``layers``, ``converted``, ``errors``) are public too, the rest is the project's own plumbing.
 """
 
 from __future__ import annotations
