@@ -45,6 +45,7 @@ import argparse
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -536,10 +537,17 @@ def load_keras_model(path: str | os.PathLike):
     """
     path = Path(path)
     if path.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ValueError(f"{path}: expected a .keras or .h5 Keras model file")
+        raise ParityError(f"{path}: expected a .keras or .h5 Keras model file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return keras.models.load_model(path, safe_mode=True, compile=False)
+        raise ParityError(f"{path} does not exist")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras itself would say "File not found"
+        raise ParityError(f"{path} is not a .keras archive (not a zip file): it is damaged or was not saved by "
+                          "Keras; save the model again with model.save()")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # damaged archive, HDF5 error, refused Lambda code: none is a bug of ours
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ParityError(f"cannot load Keras model {path}: {first_line}") from None
 
 
 def max_abs_diff(keras_model, torch_module: nn.Module, x_nhwc: np.ndarray) -> float:
@@ -586,6 +594,10 @@ def _report(model, twin, x, source: str, atol: float) -> dict:
 
 
 def main(argv=None) -> int:
+    return exit_on_user_error(_main, argv)
+
+
+def _main(argv) -> int:
     from .convert import compile_config_of_file, convert
     from .step_parity import TRAIN_ATOL, train_step_parity
 
@@ -648,4 +660,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(exit_on_user_error(main))
+    raise SystemExit(main())

@@ -20,7 +20,8 @@ _EXPORTS = {
     "SPECS": "specs", "DEFAULT_MODEL": "specs", "ModelSpec": "specs", "get_spec": "specs", "list_models": "specs",
     "Speed": "speed",
     "RunConfig": "training", "fit_and_test": "training", "make_trainer": "training",
-    "UserError": "errors", "DataError": "data", "UnknownModelError": "specs", "CheckpointError": "predict",
+    "UserError": "errors", "DataError": "data", "UnknownModelError": "specs", "CheckpointError": "errors",
+    "UsageError": "errors", "OutputError": "errors", "DivergedError": "errors", "Interrupted": "errors",
     "WeightsNotFoundError": "pretrained",
     "load_converted": "converted",
 }

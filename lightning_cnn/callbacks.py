@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from .atomic import atomic_path, write_text
+from .errors import DivergedError
 
 # Our metric names -> the names Keras prints in its fit() log and History.
 KERAS_NAMES = {"train_loss": "loss", "train_acc": "accuracy", "val_loss": "val_loss", "val_acc": "val_accuracy"}
@@ -90,3 +92,23 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: Path, title: str = "
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+class TerminateOnNaN(L.Callback):
+    """Stops training when the loss becomes NaN or infinite, naming the epoch and step, as Keras's callback does.
+
+    Keras checks ``logs["loss"]``, the running mean of the epoch's training loss; this checks the same running sum
+    (``pl_module.train_metrics.loss``, which every training batch updates, with k batches a step too) once per
+    Lightning step. It raises ``DivergedError`` before the epoch ends, so no checkpoint of the diverged weights is
+    written: ``last.ckpt`` keeps the last epoch that finished.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        running = pl_module.train_metrics.loss.numerator
+        if not bool(torch.isfinite(running)):
+            kind = "NaN" if bool(torch.isnan(running)) else "infinite"
+            raise DivergedError(
+                f"the training loss became {kind} in epoch {trainer.current_epoch + 1}, step {batch_idx + 1} "
+                f"(optimizer step {trainer.global_step}): training stopped and no checkpoint of the diverged "
+                "weights was written. Lower the learning rate, check the input data, or train in 32-true precision"
+            )

@@ -218,53 +218,69 @@ def _not_found(name: str, locations, why: str) -> DataNotFoundError:
 # --- reading and validating -----------------------------------------------------------------------------------
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
+_READ_CHUNK = 1 << 20  # bytes read at a time from a (possibly hostile) gzip stream
+
+
+def _idx_dims(header: bytes, path: Path, images: bool, count: int) -> tuple[int, ...]:
+    """The dimensions an IDX header declares, checked against the data set's before anything is allocated."""
+    ndim = 3 if images else 1
+    magic = 0x0800 | ndim  # unsigned bytes, ndim dimensions
+    what = "images" if images else "labels"
+    if len(header) < 4 + 4 * ndim:
+        raise CorruptDataError(f"{path} is truncated: {len(header)} bytes, shorter than an IDX header.")
+    found = int.from_bytes(header[:4], "big")
+    if found != magic:
+        raise CorruptDataError(
+            f"{path} is not an IDX {what} file (magic number {found:#010x}, expected {magic:#010x}); "
+            "delete it and download it again."
+        )
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    if images and dims[1:] != (28, 28):
+        raise CorruptDataError(f"{path} holds {dims[1]}x{dims[2]} images, expected 28x28.")
+    if dims[0] != count:
+        raise CorruptDataError(f"{path} holds {dims[0]:,} {what}, expected {count:,}.")
+    return dims
+
+
+def _read_idx_file(path: Path, images: bool, count: int) -> tuple[memoryview, tuple[int, ...]]:
+    """The whole file's (decompressed) bytes and its dimensions, never reading more than its header promises.
+
+    The header is checked first (magic, image size, count equal to the data set's), so the payload is bounded by
+    the real data set's size; it is read in chunks into one buffer of that size plus one byte, which tells a file
+    that is too long (a gzip bomb inflating to gigabytes) from a complete one without inflating the rest.
+    """
+    ndim = 3 if images else 1
+    what = "images" if images else "labels"
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            header = f.read(4 + 4 * ndim)
+            dims = _idx_dims(header, path, images, count)
+            expected = int(np.prod(dims))
+            buffer = bytearray(len(header) + expected + 1)
+            buffer[:len(header)] = header
+            view, filled = memoryview(buffer), len(header)
+            while filled < len(buffer) and (n := f.readinto(view[filled:filled + _READ_CHUNK])):
+                filled += n
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise CorruptDataError(
             f"{path} is damaged or truncated (gzip: {e}); delete it and download it again."
         ) from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from None
-
-
-def _parse_idx(data: bytes, path: Path, images: bool, count: int) -> np.ndarray:
-    """Decode one IDX file, checking magic number, dimensions, count and exact payload length."""
-    ndim = 3 if images else 1
-    magic = 0x0800 | ndim  # unsigned bytes, ndim dimensions
-    what = "images" if images else "labels"
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise CorruptDataError(f"{path} is truncated: {len(data)} bytes, shorter than an IDX header.")
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
+    payload = filled - len(header)
+    if payload != expected:
+        state = "truncated" if payload < expected else "too long"
+        found = f"{payload:,} bytes" if payload < expected else "more bytes"
         raise CorruptDataError(
-            f"{path} is not an IDX {what} file (magic number {found:#010x}, expected {magic:#010x}); "
+            f"{path} is {state}: {found} of {what} where its header promises {expected:,}; "
             "delete it and download it again."
         )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    if images and dims[1:] != (28, 28):
-        raise CorruptDataError(f"{path} holds {dims[1]}x{dims[2]} images, expected 28x28.")
-    if dims[0] != count:
-        raise CorruptDataError(f"{path} holds {dims[0]:,} {what}, expected {count:,}.")
-    expected_bytes = int(np.prod(dims))
-    if len(data) - header != expected_bytes:
-        state = "truncated" if len(data) - header < expected_bytes else "too long"
-        raise CorruptDataError(
-            f"{path} is {state}: {len(data) - header:,} bytes of {what} where its header promises "
-            f"{expected_bytes:,}; delete it and download it again."
-        )
-    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+    return view[:filled], dims
 
 
 def _read_idx(path: Path, name: str, stem: str) -> np.ndarray:
-    data = _read_maybe_gzip(path)
     images = "images" in stem
-    array = _parse_idx(data, path, images, 60_000 if stem.startswith("train") else TEST_SIZE)
+    data, dims = _read_idx_file(path, images, 60_000 if stem.startswith("train") else TEST_SIZE)
     owner = _IDX_MD5.get(hashlib.md5(data).hexdigest())
     if owner is None:
         raise CorruptDataError(
@@ -276,7 +292,7 @@ def _read_idx(path: Path, name: str, stem: str) -> np.ndarray:
             f"{path} is {_TITLE[owner[0]]}'s {owner[1]}, not {_TITLE[name]}'s {stem}: keep each data set in "
             f"its own folder ({'mnist/' if name == 'mnist' else 'fashion-mnist/'} for {_TITLE[name]})."
         )
-    return array
+    return np.frombuffer(data, np.uint8, offset=len(data) - int(np.prod(dims))).reshape(dims)  # no copy
 
 
 def _check_split(x, y, where: str, split: str, image_shape: tuple, y_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -314,6 +330,27 @@ def _layout(name: str) -> tuple[tuple, tuple]:
     return ((32, 32, 3), (1,)) if name == "cifar10" else ((28, 28), ())
 
 
+def _check_npy_header(archive: np.lib.npyio.NpzFile, key: str, path: Path, name: str) -> None:
+    """Refuse an array whose header declares more bytes than the data set's largest array, before numpy allocates
+    it (a damaged or hostile header can declare petabytes)."""
+    member = f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key
+    with archive.zip.open(member) as f:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+        if read_header is None:  # version 3.0 only adds utf-8 field names, which no load_data() array has
+            raise ValueError(f"{key}.npy has an unsupported .npy format version")
+        shape, _, dtype = read_header(f)
+    image_shape, _ = _layout(name)
+    largest = _expected_sizes(name)[0] * int(np.prod(image_shape))  # x_train's bytes
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > largest:
+        raise CorruptDataError(
+            f"{path}: {key} declares a {dtype} array of shape {shape} ({declared:,} bytes), more than the whole "
+            f"{_TITLE[name]} training set ({largest:,} bytes): the file is damaged or not {_TITLE[name]}; "
+            "delete it and get it again."
+        )
+
+
 def _read_npz(path: Path, name: str):
     try:
         archive = np.load(path, allow_pickle=False)
@@ -327,6 +364,8 @@ def _read_npz(path: Path, name: str):
         if missing:
             raise CorruptDataError(f"{path} lacks {', '.join(missing)} (has: {', '.join(archive.files) or 'nothing'}).")
         try:
+            for key in keys:
+                _check_npy_header(archive, key, path, name)
             x_train, y_train, x_test, y_test = (archive[k] for k in keys)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
             raise CorruptDataError(f"{path} is damaged ({e}); delete it and get it again.") from None
@@ -407,10 +446,26 @@ def _read_cifar_batch(stream, where: str) -> tuple[np.ndarray, np.ndarray]:
     return data, labels.astype(np.uint8)
 
 
+def _cifar_batch_cap() -> int:
+    """Bytes a batch file may have before it is read: its pixels as 8-byte integers (the widest dtype a damaged
+    batch could hold, which the validation then names) plus 1 MiB of names and labels. A genuine batch is an
+    eighth of that; a larger file is not CIFAR-10 and is refused before unpickling, so memory stays bounded."""
+    return 8 * CIFAR_IMAGES_PER_BATCH * 3072 + (1 << 20)
+
+
+def _check_batch_size(size: int, where: str) -> None:
+    if size > _cifar_batch_cap():
+        raise CorruptDataError(
+            f"{where} is {size:,} bytes, more than a CIFAR-10 batch can be ({_cifar_batch_cap():,}): it is not "
+            f"CIFAR-10. Delete it and get the data set from {CIFAR10_URL}"
+        )
+
+
 def _read_cifar_dir(paths: tuple[Path, ...]) -> list:
     batches = []
     for path in paths:
         try:
+            _check_batch_size(path.stat().st_size, str(path))
             with open(path, "rb") as f:
                 batches.append(_read_cifar_batch(f, str(path)))
         except OSError as e:
@@ -426,6 +481,7 @@ def _read_cifar_tar(path: Path) -> list:
             for member in archive:  # one sequential pass; members are read in memory, never extracted
                 batch = wanted.get(member.name.removeprefix("./"))
                 if batch and member.isfile():
+                    _check_batch_size(member.size, f"{path} (member {member.name})")
                     with archive.extractfile(member) as f:
                         found[batch] = _read_cifar_batch(f, f"{path} (member {member.name})")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:

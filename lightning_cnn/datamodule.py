@@ -225,6 +225,11 @@ class ArrayDataModule(L.LightningDataModule):
         if self.splits is None:
             self._load()
 
+    def train_size(self) -> int:
+        """Images one training epoch visits: after the recipe's subset and validation split (loads the data)."""
+        parts = self.splits if self.splits is not None else self._split(*self._load())
+        return len(parts["train"][0])
+
     def _split(self, train, test) -> dict:
         """The documents' splits as numpy views: {"train": (x, y), "val": (x, y) or None, "test": (x, y)}."""
         (x_train, y_train), (x_test, y_test) = train, test

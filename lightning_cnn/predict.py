@@ -14,32 +14,97 @@ import torch
 from torch import nn
 
 from .data import preprocess
-from .errors import UserError
+from .errors import CheckpointError
 from .models import build_model
-from .specs import ModelSpec, get_spec
+from .specs import ModelSpec, UnknownModelError, get_spec, list_models
 
 
-class CheckpointError(ValueError, UserError):
-    pass
+def load_checkpoint_model(path: str | Path, model_id: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The model in a ``scripts/train.py`` checkpoint, in eval mode, without unpickling arbitrary objects.
 
-
-def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, ModelSpec]:
-    """The model in a ``scripts/train.py`` checkpoint, in eval mode, without unpickling arbitrary objects."""
+    The model id comes from the checkpoint's hyper-parameters; ``model_id``, when given, must agree with it. The
+    weights must fit that architecture exactly (no missing, extra or reshaped tensors) and be finite: a diverged
+    run's NaN weights would otherwise print NaN probabilities as if they were answers.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (train.py writes OUT/checkpoints/best.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused or file damaged: both mean "not a checkpoint we can trust"
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
     try:
-        model_id = checkpoint["hyper_parameters"]["model_id"]
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{path} is not a lightning_cnn checkpoint (no model_id / state_dict)") from None
-    model = build_model(model_id)
+        saved_id = (checkpoint.get("hyper_parameters") or {}).get("model_id") or _model_fitting(path, state)
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path} is not a lightning_cnn checkpoint (no state_dict of a model)") from None
+    if model_id is not None and model_id != saved_id:
+        raise CheckpointError(f"{path} holds a {saved_id!r} model, not {model_id!r}: pass the checkpoint of a "
+                              f"{model_id!r} run, or --model {saved_id}")
+    try:
+        spec = get_spec(saved_id)
+    except UnknownModelError:
+        raise CheckpointError(
+            f"{path} was written for model {saved_id!r}, which this version does not know (valid ids: "
+            f"{', '.join(list_models())}): use a checkpoint of one of them, or the version that wrote it"
+        ) from None
+    model = build_model(saved_id)
+    _check_architecture(path, saved_id, model.state_dict(), state)
+    _check_finite(path, state)
     model.load_state_dict(state)
-    return model.eval(), get_spec(model_id)
+    return model.eval(), spec
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _models_fitting(shapes: dict) -> list[str]:
+    return [model_id for model_id in list_models() if _shapes(build_model(model_id).state_dict()) == shapes]
+
+
+def _model_fitting(path: Path, state: dict) -> str:
+    """The model id of a checkpoint without hyper-parameters: the one documented model its weights fit."""
+    fits = _models_fitting(_shapes(state)) if state else []
+    if len(fits) != 1:
+        raise CheckpointError(f"{path} names no model id and its weights fit {len(fits)} documented models "
+                              f"({', '.join(fits) or 'none'}): use a checkpoint written by train.py")
+    return fits[0]
+
+
+def _check_architecture(path: Path, model_id: str, expected: dict, found: dict) -> None:
+    """Missing, extra or reshaped tensors name the first difference and, when one fits, the model they belong to."""
+    want, have = _shapes(expected), _shapes(found)
+    if want == have and len(have) == len(found):
+        return
+    missing = [k for k in want if k not in found]
+    extra = [k for k in found if k not in want]
+    reshaped = [k for k in want if k in have and want[k] != have[k]]
+    if reshaped:
+        key = reshaped[0]
+        difference = f"{key} is {list(have[key])} in the checkpoint but {list(want[key])} in {model_id}"
+    elif missing:
+        difference = f"it lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+    else:
+        difference = f"it has tensors {model_id} does not: {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
+    fits = [other for other in _models_fitting(have) if other != model_id]
+    guess = f"; the weights fit {fits[0]!r}" if fits else ""
+    raise CheckpointError(f"{path} says model {model_id!r} but its weights do not fit it: {difference}{guess}. "
+                          "The file was altered or mixed up; use the checkpoint its run wrote")
+
+
+def _check_finite(path: Path, state: dict) -> None:
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
+            "the run that wrote it diverged. Use an earlier checkpoint, or retrain (e.g. a lower learning rate)"
+        )
 
 
 def load_image(path: str | Path, spec: ModelSpec, invert: str = "auto") -> np.ndarray:

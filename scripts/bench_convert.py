@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 SIZES = {"ResNet50": 224, "MobileNetV2": 64, "EfficientNetB0": 224, "VGG16": 224, "DenseNet121": 224,
          "NASNetMobile": 224}

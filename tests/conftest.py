@@ -9,6 +9,8 @@ import pytest
 
 from lightning_cnn.data import DataError, data_folder
 
+pytest_plugins = ["tests.reliability"]  # the fault suite's table (--write-reliability)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

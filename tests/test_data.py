@@ -513,6 +513,9 @@ def test_preprocess_vgg16_caffe_formula(cifar):
 
 @pytest.mark.keras
 def test_preprocess_vgg16_caffe_equals_keras(cifar):
+    from keras_ref import load_tensorflow
+
+    load_tensorflow()  # with the coexistence guard: a bare `import keras` here crashed later torch steps in pytest
     from keras.applications.vgg16 import preprocess_input
 
     (x, _), (x_test, _) = cifar

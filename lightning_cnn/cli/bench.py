@@ -35,7 +35,7 @@ import sys
 from .. import benchmark
 from ..atomic import write_text
 from ..benchmark import AUTOCAST_DTYPES, CONTENDERS, MEMORY_FORMATS, paired_ratio
-from ..errors import exit_on_user_error
+from ..errors import UserError, exit_on_user_error
 
 
 def floor_report(steps: int) -> str:
@@ -99,10 +99,17 @@ def _run_worker(args, model, batch_size, precision, contender) -> dict | None:
     cmd += ["--steps-per-execution", str(args.steps_per_execution)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if done.returncode == 2:  # the worker's one-line user error (missing data, bad flag): every worker would hit it
+        raise UserError(f"{contender} on {model} (batch {batch_size}): {_user_error_line(done.stderr)}")
     if done.returncode or line is None:
         print(f"error: {contender} on {model} (batch {batch_size}) failed:\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(line[6:])
+
+
+def _user_error_line(stderr: str) -> str:
+    lines = [ln.removeprefix("error: ") for ln in stderr.splitlines() if ln.startswith("error: ")]
+    return lines[-1] if lines else stderr.strip()[-500:]
 
 
 def _median_run(runs: list[dict]) -> dict:

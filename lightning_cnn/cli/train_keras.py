@@ -38,23 +38,19 @@ def parse_args(argv=None):
 
 def _main(argv) -> int:
     args = parse_args(argv)
-    from lightning_cnn.specs import UnknownModelError, get_spec, with_train_images
+    from lightning_cnn.errors import UsageError
+    from lightning_cnn.specs import get_spec, with_train_images
 
     try:
         spec = with_train_images(get_spec(args.model), args.train_images)  # before TensorFlow loads: one line
-    except (UnknownModelError, ValueError) as e:
-        print(f"train_keras.py: error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
     import keras_ref  # imports lightning_cnn (and torch) before TensorFlow: the order the two need
     from keras_ref import training
 
-    try:
-        arrays = training.prepare_arrays(spec, args.data_dir, True if args.allow_partial_test else False)
-        model = keras_ref.build_model(spec.id, seed=args.seed, weights=args.weights)
-    except (training.DataError, FileNotFoundError) as e:
-        print(f"train_keras.py: error: {e}", file=sys.stderr)
-        return 2
+    arrays = training.prepare_arrays(spec, args.data_dir, True if args.allow_partial_test else False)
+    model = keras_ref.build_model(spec.id, seed=args.seed, weights=args.weights)  # WeightsNotFoundError: a UserError
 
     model.summary()
     training.compile_model(model, spec)
