@@ -40,22 +40,29 @@ def pytest_runtest_logreport(report):
         _FAILED.append(report.nodeid)
 
 
+def _outcome(got: str) -> str:
+    """What the user gets, in a few words, for the README's grouped table."""
+    if got.startswith("error:"):
+        return "one `error:` line naming the file or flag and the fix; exit 2"
+    if got.startswith("interrupted:"):
+        return "one `interrupted:` line naming the checkpoint to resume from; exit 130"
+    return got if len(got) <= 100 else got[:100].rsplit(" ", 1)[0] + " …"
+
+
 def render(compact: bool = False) -> str:
-    """The full table (docs), or for the README each outcome cut to its first 100 characters with a link."""
+    """The full table (docs), or for the README the cases grouped by area and outcome, with a link."""
     rows = sorted(_RECORDS.items(), key=lambda item: (item[1][0], item[0]))
-    if compact:
-        lines = ["| Area | What was tried | What the user gets |", "|---|---|---|"]
-    else:
+    if not compact:
         lines = ["| Area | What was tried | What the user gets | Test |", "|---|---|---|---|"]
-    for nodeid, (area, tried, got) in rows:
-        got = got.replace("|", "/")
-        if compact:
-            short = got if len(got) <= 100 else got[:100].rsplit(" ", 1)[0] + " …"
-            lines.append(f"| {area} | {tried} | {short} |")
-        else:
-            lines.append(f"| {area} | {tried} | {got} | `{nodeid.split('::', 1)[1]}` |")
-    if compact:
-        lines.append("\nFull messages and the test behind each row: [docs/reliability.md](docs/reliability.md).")
+        for nodeid, (area, tried, got) in rows:
+            lines.append(f"| {area} | {tried} | {got.replace('|', '/')} | `{nodeid.split('::', 1)[1]}` |")
+        return "\n".join(lines) + "\n"
+    groups: dict[tuple[str, str], list[str]] = {}
+    for _, (area, tried, got) in rows:
+        groups.setdefault((area, _outcome(got.replace("|", "/"))), []).append(tried)
+    lines = ["| Area | What was tried | What the user gets |", "|---|---|---|"]
+    lines += [f"| {area} | {'; '.join(tried)} | {outcome} |" for (area, outcome), tried in groups.items()]
+    lines.append("\nThe full messages and the test behind each case: [docs/reliability.md](docs/reliability.md).")
     return "\n".join(lines) + "\n"
 
 
