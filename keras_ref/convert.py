@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from ._tf import load_tensorflow
 
-import lightning_cnn  # noqa: E402,F401  (coexistence guard: before TensorFlow loads)
+keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
+
+import lightning_cnn  # noqa: E402  (its version goes into parity.json)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import keras  # noqa: E402
 from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import keras
-from keras import layers
+from ._tf import load_tensorflow
 
-from lightning_cnn.specs import ModelSpec, get_spec
+keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
 
-VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+from keras import layers  # noqa: E402
 
+from lightning_cnn.layers import vgg16_layers_in_blocks  # noqa: E402
+from lightning_cnn.pretrained import KERAS_NOTOP_NAME as VGG16_NOTOP_FILE  # noqa: E402
+from lightning_cnn.pretrained import WeightsNotFoundError, find_vgg16_weights  # noqa: E402
+from lightning_cnn.specs import ModelSpec, get_spec  # noqa: E402
 
 def _keras_layer(kind: str, options: dict):
     if kind == "conv2d":
@@ -30,20 +32,14 @@ def _keras_layer(kind: str, options: dict):
     raise ValueError(f"unsupported layer kind {kind!r}")
 
 
-def find_vgg16_weights(weights: str | os.PathLike | None) -> Path | None:
-    """A local VGG16 no-top ImageNet weights file: the given path, else the Keras cache, else None."""
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"VGG16 weights file {path} does not exist; pass the path to {VGG16_NOTOP_FILE}")
-        return path
-    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / VGG16_NOTOP_FILE
-    return cache if cache.is_file() else None
-
-
 def _build_vgg16_transfer(spec: ModelSpec, weights) -> keras.Model:
     """Document 003: VGG16 base + a Sequential top, joined functionally; ``model.layers[:15]`` frozen."""
-    path = find_vgg16_weights(weights)
+    try:
+        path = find_vgg16_weights(weights, framework="keras")
+    except WeightsNotFoundError:
+        if weights not in (None, "auto"):
+            raise
+        path = None  # as documents 003 did without a download: train from random weights, and say so
     if path is None:
         print(f"[keras_ref] no ImageNet weights ({VGG16_NOTOP_FILE} not given and not in the Keras cache): "
               "building VGG16 with weights=None (random initialisation)")
@@ -53,7 +49,7 @@ def _build_vgg16_transfer(spec: ModelSpec, weights) -> keras.Model:
     top_model = keras.Sequential([keras.Input(shape=vgg16.output.shape[1:])]
                                  + [_keras_layer(kind, options) for kind, options in spec.layers[1:]], name="top_model")
     model = keras.Model(inputs=vgg16.input, outputs=top_model(vgg16.output), name=spec.id)
-    frozen = 1 + sum(n + 1 for n in (2, 2, 3, 3)[: spec.layers[0][1]["frozen_blocks"]])  # input + convs + pools
+    frozen = 1 + vgg16_layers_in_blocks(spec.layers[0][1]["frozen_blocks"])  # the InputLayer, then convs and pools
     for layer in model.layers[:frozen]:
         layer.trainable = False
     return model

@@ -22,7 +22,7 @@ BatchNormalization <-> Conv2d, Linear, BatchNorm1d/2d) are paired in order, by k
 kind converts the arrays (float32 numpy; a float64 model's weights stay float64):
 
 - Conv2D: kernel HWIO <-> weight OIHW; bias as is. Padding and stride are the module's business
-  (``lightning_cnn.models.Conv2d`` reproduces TensorFlow's asymmetric 'same' padding for stride 2).
+  (``lightning_cnn.layers.Conv2d`` reproduces TensorFlow's asymmetric 'same' padding for stride 2).
 - Dense: kernel (in, out) <-> weight (out, in). A Dense fed by a Flatten of an (H, W, C) tensor sees its inputs in
   H,W,C order in Keras and C,H,W order in PyTorch, so its input columns are also permuted (a BatchNormalization
   between the Flatten and the Dense has its per-feature vectors permuted the same way).
@@ -47,25 +47,23 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from ._tf import load_tensorflow
 
-import lightning_cnn  # noqa: E402,F401  (coexistence guard: before TensorFlow loads)
+keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-import keras  # noqa: E402
 from lightning_cnn.errors import UserError  # noqa: E402
-from lightning_cnn.models import Conv2d, Linear, SamePad2d  # noqa: E402
+from lightning_cnn.layers import ACTIVATION_NAMES, Conv2d, GlobalPool2d, Linear, SamePad2d, SamePool2d  # noqa: E402
+from lightning_cnn.layers import make_activation  # noqa: E402
 
 __all__ = [
     "ParityError", "copy_weights", "keras_to_torch", "load_keras_model", "walk_keras", "walk_torch",
     "max_abs_diff", "main", "KerasStep", "TorchUnit", "SUPPORTED_KERAS_LAYERS",
 ]
 
-ACTIVATION_NAMES = ("linear", "relu", "sigmoid", "tanh", "softmax")
 SUPPORTED_KERAS_LAYERS = (
     "InputLayer", "Conv2D", "Dense", "Flatten", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
     "GlobalMaxPooling2D", "ZeroPadding2D", "Dropout", "Activation", "ReLU", "Softmax", "BatchNormalization",
@@ -75,57 +73,6 @@ SUPPORTED_KERAS_LAYERS = (
 
 class ParityError(ValueError, UserError):
     """The two models cannot be made to compute the same thing; the message says which layer and why."""
-
-
-# --- helper modules used by twins ---------------------------------------------------------------------------
-
-
-class SamePool2d(nn.Module):
-    """Keras MaxPooling2D / AveragePooling2D with padding='same' (TensorFlow: extra pixel bottom/right).
-
-    Max pooling pads with -inf; average pooling divides by the number of real pixels in each window (TF does not
-    count the padding), computed by pooling a ones mask the same way.
-    """
-
-    def __init__(self, kind: str, pool_size: tuple, strides: tuple):
-        super().__init__()
-        self.kind, self.pool_size, self.strides = kind, tuple(pool_size), tuple(strides)
-
-    def _pads(self, x):
-        pads = []
-        for size, k, s in ((x.shape[-1], self.pool_size[1], self.strides[1]),
-                           (x.shape[-2], self.pool_size[0], self.strides[0])):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        return pads
-
-    def forward(self, x):
-        pads = self._pads(x)
-        if self.kind == "max":
-            return F.max_pool2d(F.pad(x, pads, value=-math.inf), self.pool_size, self.strides)
-        ones = torch.ones_like(x[:1, :1])
-        total = F.avg_pool2d(F.pad(x, pads), self.pool_size, self.strides)
-        count = F.avg_pool2d(F.pad(ones, pads), self.pool_size, self.strides)
-        return total / count
-
-    def extra_repr(self):
-        return f"{self.kind}, pool_size={self.pool_size}, strides={self.strides}"
-
-
-class GlobalPool2d(nn.Module):
-    """Keras GlobalAveragePooling2D / GlobalMaxPooling2D on NCHW (keepdims gives N,C,1,1)."""
-
-    def __init__(self, kind: str, keepdims: bool = False):
-        super().__init__()
-        self.kind, self.keepdims = kind, keepdims
-
-    def forward(self, x):
-        if self.kind == "avg":
-            return x.mean(dim=(2, 3), keepdim=self.keepdims)
-        return x.amax(dim=(2, 3), keepdim=self.keepdims)
-
-    def extra_repr(self):
-        return f"{self.kind}, keepdims={self.keepdims}"
 
 
 # --- walking the Keras side -----------------------------------------------------------------------------------
@@ -530,9 +477,9 @@ def _twin_layer(step: KerasStep) -> nn.Module:
     if kind in ("Activation", "ReLU", "Softmax"):
         name = "relu" if kind == "ReLU" else "softmax" if kind == "Softmax" else _activation_name(layer.activation,
                                                                                                   step.path)
-        if name == "softmax":
+        if name == "softmax":  # Keras's last axis: NCHW's channels at rank 4, the same last axis otherwise
             return nn.Softmax(dim=1 if len(shape) == 4 else -1)
-        return {"linear": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[name]()
+        return make_activation(name)
     if kind == "BatchNormalization":
         bn = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
         return bn(shape[-1], eps=float(cfg["epsilon"]), momentum=1.0 - float(cfg["momentum"]), affine=cfg["scale"])

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import time
 
-import keras
-import numpy as np
+from ._tf import load_tensorflow
 
-from lightning_cnn.data import DataError, load_dataset, preprocess
-from lightning_cnn.specs import ModelSpec, Recipe, optimizer_settings
+keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
+
+import numpy as np  # noqa: E402
+
+from lightning_cnn.data import DataError, load_dataset, preprocess  # noqa: E402
+from lightning_cnn.specs import ModelSpec, Recipe, optimizer_settings  # noqa: E402
 
 __all__ = ["make_optimizer", "compile_model", "prepare_arrays", "recipe_callbacks", "fit_recipe", "evaluate",
            "EpochTimer", "FULL_TEST_SIZE", "DataError"]

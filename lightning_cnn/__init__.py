@@ -1,21 +1,38 @@
-"""PyTorch Lightning ports of classic Keras CNN tutorials. Never imports TensorFlow."""
+"""PyTorch Lightning ports of classic Keras CNN tutorials. Never imports TensorFlow.
 
-from .coexist import make_safe_for_tensorflow
+Importing the package changes nothing in the process and loads nothing heavy: the names below are imported on
+first use. They are the public API; the modules they come from (``models``, ``module``, ``datamodule``, ``data``,
+``specs``, ``speed``, ``layers``, ``converted``, ``errors``) are public too, the rest is the project's own plumbing.
+"""
 
-make_safe_for_tensorflow()  # before torch can load triton; see coexist.py
+from __future__ import annotations
 
-from .models import build_model, count_params  # noqa: E402
-from .specs import DEFAULT_MODEL, SPECS, UnknownModelError, get_spec, list_models  # noqa: E402
+import importlib
 
-__all__ = ["build_model", "count_params", "list_models", "get_spec", "SPECS", "DEFAULT_MODEL", "UnknownModelError",
-           "load_converted"]
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "build_model": "models", "count_params": "models",
+    "KerasRecipeModule": "module",
+    "ArrayDataModule": "datamodule", "InMemoryLoader": "datamodule",
+    "load_dataset": "data", "preprocess": "data",
+    "SPECS": "specs", "DEFAULT_MODEL": "specs", "ModelSpec": "specs", "get_spec": "specs", "list_models": "specs",
+    "Speed": "speed",
+    "load_converted": "converted",
+    "UserError": "errors", "DataError": "data", "UnknownModelError": "specs", "CheckpointError": "predict",
+    "WeightsNotFoundError": "pretrained",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-def __getattr__(name):
-    """``load_converted`` is imported on first use: ``import lightning_cnn`` stays cheap and side-effect free."""
-    if name == "load_converted":
-        from .converted import load_converted
 
-        return load_converted
-    raise AttributeError(f"module 'lightning_cnn' has no attribute {name!r}")
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

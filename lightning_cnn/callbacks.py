@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.accelerators import CPUAccelerator
 
 from .atomic import atomic_path, write_text
-from .cpu_tuning import NVML_CUDA_CHECK, retain_freed_memory
 
 # Our metric names -> the names Keras prints in its fit() log and History.
 KERAS_NAMES = {"train_loss": "loss", "train_acc": "accuracy", "val_loss": "val_loss", "val_acc": "val_accuracy"}
@@ -72,12 +69,10 @@ def write_history_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_learning_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs validation, one line style per framework/run."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no backend to choose, no global state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for run_name, rows in runs.items():
         epochs = [row["epoch"] for row in rows]
         for ax, metric in zip(axes, ("loss", "acc")):
@@ -95,24 +90,3 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: Path, title: str = "
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
-class CPUTuning(L.Callback):
-    """On a CPU run, in every process: keeps freed memory, and uses torch's cached CUDA check until teardown.
-
-    See ``cpu_tuning``: both save page faults or library loads that would otherwise recur on every step.
-    """
-
-    def __init__(self):
-        self._nvml_check: str | None = None
-
-    def setup(self, trainer, pl_module, stage):
-        if isinstance(trainer.accelerator, CPUAccelerator):
-            retain_freed_memory()
-            self._nvml_check = os.environ.pop(NVML_CUDA_CHECK, None)
-
-    def teardown(self, trainer, pl_module, stage):
-        if self._nvml_check is not None:
-            os.environ[NVML_CUDA_CHECK] = self._nvml_check
-            self._nvml_check = None

@@ -101,13 +101,18 @@ class CorruptDataError(DataError):
 # --- where to look --------------------------------------------------------------------------------------------
 
 
-def keras_cache_dir() -> Path:
-    """Keras's own rule, so that its downloads are found: ``$KERAS_HOME/datasets``, else ``~/.keras/datasets``
-    (``/tmp/.keras/datasets`` when the home folder is not writable)."""
+def keras_home() -> Path:
+    """Keras's own folder, by Keras's rule: ``$KERAS_HOME``, else ``~/.keras`` (``/tmp/.keras`` when the home folder
+    is not writable). Its ``datasets`` and ``models`` subfolders hold what Keras downloads."""
     if "KERAS_HOME" in os.environ:
-        return Path(os.environ["KERAS_HOME"]).expanduser() / "datasets"
+        return Path(os.environ["KERAS_HOME"]).expanduser()
     home = Path.home()
-    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras" / "datasets"
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras downloads data sets, so that its downloads are found."""
+    return keras_home() / "datasets"
 
 
 def _locations(name: str, data_dir) -> list[tuple[str, Path]]:

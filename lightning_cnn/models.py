@@ -8,120 +8,13 @@ child, as in Keras, so per-layer parameter counts match ``model.summary()``.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .layers import VGG16_BLOCKS, Conv2d, Linear, make_activation, output_size, vgg16_features
 from .specs import ModelSpec, get_spec
-
-ACTIVATIONS = {
-    None: nn.Identity,
-    "linear": nn.Identity,
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "softmax": lambda: nn.Softmax(dim=1),
-}
-
-# torchvision's VGG16 `features` layout; the index just past each block's max-pool (block4 ends at 24).
-VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-
-
-def make_activation(name: str | None) -> nn.Module:
-    try:
-        return ACTIVATIONS[name]()
-    except KeyError:
-        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(filter(None, ACTIVATIONS))}") from None
-
-
-class SamePad2d(nn.Module):
-    """TensorFlow's padding='same': the odd pixel goes to the bottom/right (matters for stride 2)."""
-
-    def __init__(self, kernel_size: int, stride: int):
-        super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
-            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
-            pads += [total // 2, total - total // 2]
-        return F.pad(x, pads) if any(pads) else x
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` with Keras's padding names and an optional fused activation."""
-
-    def __init__(self, in_channels, filters, kernel_size, padding="valid", strides=1, activation=None):
-        symmetric = padding == "valid" or (strides == 1 and kernel_size % 2 == 1)
-        torch_padding = 0 if padding == "valid" else kernel_size // 2
-        super().__init__(in_channels, filters, kernel_size, stride=strides, padding=torch_padding if symmetric else 0)
-        self.same_pad = None if symmetric else SamePad2d(kernel_size, strides)
-        self.activation = make_activation(activation)
-
-    def forward(self, x):
-        if self.same_pad is not None:
-            x = self.same_pad(x)
-        return self.activation(super().forward(x))
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` with an optional fused activation (Keras ``Dense(units, activation=...)``)."""
-
-    def __init__(self, in_features, units, activation=None):
-        super().__init__(in_features, units)
-        self.activation = make_activation(activation)
-
-    def forward(self, x):
-        return self.activation(super().forward(x))
-
-
-class MaxPool2d(nn.MaxPool2d):
-    """Keras's ``MaxPooling2D`` (stride = pool size); may apply the previous layer's activation after pooling."""
-
-    def __init__(self, pool_size: int):
-        super().__init__(pool_size, pool_size)
-        self.activation = nn.Identity()
-
-    def forward(self, x):
-        return self.activation(super().forward(x))
-
-
-def pool_before_activation_(model: nn.Sequential) -> nn.Sequential:
-    """Moves each ReLU that is directly followed by a max-pool to after the pool, in place.
-
-    Max-pooling commutes with a non-decreasing activation, so the outputs are the same bit for bit, and so are the
-    gradients (the pool picks the same element, and ReLU's gradient is 0 wherever the window's maximum is <= 0);
-    but ReLU and its backward then run on a quarter of the pixels. On this project's 2-core CPU that made
-    mnist_cnn_small train 1.7x faster at batch 256 (scripts/bench.py). The conv layer's own output is then its
-    pre-activation, so per-layer comparisons with Keras (the parity suite) use ``build_model`` without this.
-    """
-    children = list(model.named_children())
-    for (name, layer), (_, pool) in zip(children, children[1:]):
-        if not (isinstance(pool, MaxPool2d) and isinstance(pool.activation, nn.Identity)):
-            continue
-        if isinstance(getattr(layer, "activation", None), nn.ReLU):  # Conv2D(..., activation="relu")
-            layer.activation, pool.activation = nn.Identity(), nn.ReLU()
-        elif isinstance(layer, nn.ReLU):  # a separate Activation("relu") layer
-            setattr(model, name, nn.Identity())
-            pool.activation = nn.ReLU()
-    return model
-
-
-def vgg16_features() -> nn.Sequential:
-    """VGG16's convolutional part with torchvision's indices, so torchvision checkpoints load as they are."""
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for block in VGG16_BLOCKS:
-        for width in block:
-            layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
-            in_channels = width
-        layers.append(nn.MaxPool2d(2, 2))
-    return nn.Sequential(*layers)
-
 
 def vgg16_frozen_prefix(blocks: int) -> int:
     """Number of `features` children in the first ``blocks`` blocks (conv+relu pairs plus the pool)."""
@@ -163,14 +56,11 @@ def build_from_layers(layers, input_shape: tuple) -> nn.Sequential:
         if kind == "conv2d":
             k, s = options["kernel_size"], options["strides"]
             module = Conv2d(channels, options["filters"], k, options["padding"], s, options["activation"])
-            if options["padding"] == "same":
-                height, width = math.ceil(height / s), math.ceil(width / s)
-            else:
-                height, width = (height - k) // s + 1, (width - k) // s + 1
+            height, width = (output_size(size, k, s, options["padding"]) for size in (height, width))
             channels = options["filters"]
         elif kind == "maxpool2d":
             p = options["pool_size"]
-            module = MaxPool2d(p)
+            module = nn.MaxPool2d(p, p)  # Keras's MaxPooling2D: stride = pool size
             height, width = height // p, width // p
         elif kind == "dropout":
             module = nn.Dropout(options["rate"])

@@ -8,32 +8,13 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .models import build_model, pool_before_activation_
-from .onednn import onednn_forward
+from .models import build_model
 from .optim import make_optimizer
 from .specs import get_spec
+from .speed import Speed
 
 
-_PLAIN_TYPES = (torch.Tensor, type(None), bool, int, float, str)  # exact types: a Parameter is a Tensor subclass
-
-
-class PlainAttributeFastPath:
-    """Skips ``nn.Module.__setattr__``'s checks when re-assigning an existing plain attribute.
-
-    Lightning writes ``_current_fx_name`` onto the module twice around every hook call (~44 times a training step),
-    and each torchmetrics update re-assigns its bookkeeping and state tensors (6 times for the accuracy). None of
-    them is a parameter, buffer or submodule, and a name already in ``__dict__`` is none of those, so storing it
-    directly is what ``nn.Module`` would end up doing, without ~1.2 µs of checks each time.
-    """
-
-    def __setattr__(self, name, value):
-        if type(value) in _PLAIN_TYPES and name in self.__dict__:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
-
-class _Ratio(PlainAttributeFastPath, Metric):
+class _Ratio(Metric):
     """sum(numerator) / sum(denominator) over an epoch, summed across processes: the weighted mean Keras reports."""
 
     full_state_update = False
@@ -51,7 +32,7 @@ class _Ratio(PlainAttributeFastPath, Metric):
         return (self.numerator / self.denominator).float()
 
 
-class _Count(PlainAttributeFastPath, Metric):
+class _Count(Metric):
     full_state_update = False
 
     def __init__(self):
@@ -65,10 +46,6 @@ class _Count(PlainAttributeFastPath, Metric):
         return self.total
 
 
-class _Accuracy(PlainAttributeFastPath, MulticlassAccuracy):
-    pass
-
-
 class StageMetrics(torch.nn.Module):
     """Loss, accuracy and sample count for one stage; updated on device, synced across processes at epoch end.
 
@@ -79,7 +56,7 @@ class StageMetrics(torch.nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         self.loss, self.samples = _Ratio(), _Count()
-        self.acc = _Accuracy(num_classes, average="micro", validate_args=False)
+        self.acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
     def update(self, loss, logits, y):
         n = y.shape[0]
@@ -88,16 +65,16 @@ class StageMetrics(torch.nn.Module):
         self.samples.update(n)
 
 
-class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
+class KerasRecipeModule(L.LightningModule):
     """Trains ``build_model(model_id)`` with its documented recipe.
 
     Keras's softmax + (sparse) categorical cross-entropy is ``F.cross_entropy`` on logits: the same quantity for
     integer and one-hot labels, so the datamodule always supplies integer labels.
+    ``speed`` chooses the speed tricks (``lightning_cnn.speed.Speed``); none changes what is computed, and
+    reported metrics come from ``forward`` unless ``Speed(onednn_evaluation=True)`` is asked for. It is a run
+    setting, not part of the model: checkpoints do not carry it.
     ``compiled=True`` runs the network through ``torch.compile`` (compiled in place, so parameter names and
     checkpoints are the eager model's).
-    On CPU in float32, validation, test and predict run an inference copy of the network in oneDNN's own layout
-    (``onednn.onednn_forward``), rebuilt from the current weights at the start of each of those epochs; ``forward``
-    itself stays eager.
     ``steps_per_execution=k`` is Keras's ``compile(steps_per_execution=k)``: each training step takes a list of
     up to k batches (``InMemoryLoader(batches_per_item=k)``) and makes one optimizer step per batch, so Lightning's
     own per-step work is paid once per k batches. The arithmetic, the order and ``global_step`` (optimizer steps)
@@ -105,38 +82,35 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
     """
 
     def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None,
-                 channels_last: bool | None = None, compiled: bool = False, steps_per_execution: int = 1):
+                 compiled: bool = False, steps_per_execution: int = 1, speed: Speed | None = None):
         super().__init__()
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be at least 1, got {steps_per_execution}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["speed"])
+        self.speed = speed or Speed()
         self.automatic_optimization = steps_per_execution == 1  # k > 1: the steps are taken in training_step
         self.spec = get_spec(model_id)
-        self.model = pool_before_activation_(build_model(model_id, init=init, seed=seed))
-        if channels_last is None:  # NHWC, Keras's own layout, lets oneDNN/cuDNN pool and convolve faster
-            channels_last = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
+        self.model = build_model(model_id, init=init, seed=seed)
+        self.memory_format = self.speed.prepare_network(self.model)
         if compiled:
             self.model.compile()
         self.train_metrics, self.val_metrics, self.test_metrics = (
             StageMetrics(self.spec.num_classes) for _ in range(3))
-        self._inference_copy = None  # onednn_forward(self.model) during an evaluation epoch, where it applies
-
-    def _evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        fast = self._inference_copy is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
-            and not torch.is_autocast_enabled("cpu")
-        return self._inference_copy(x) if fast else self(x)
-
-    def _start_evaluation(self):
-        compiled = self.hparams.compiled  # torch.compile has its own fusions; keep what the user asked for
-        self._inference_copy = None if compiled else onednn_forward(self.model)
-
-    def _end_evaluation(self):
-        self._inference_copy = None  # built from weights that training is about to change
+        self._evaluation_network = None  # the speed seam's stand-in for ``forward`` during an evaluation epoch
+        self.speed.prepare_module(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))
+
+    def _evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x) if self._evaluation_network is None else self._evaluation_network(x)
+
+    def _start_evaluation(self):
+        compiled = self.hparams.compiled  # torch.compile has its own fusions; keep what the user asked for
+        self._evaluation_network = None if compiled else self.speed.evaluation_network(self.model, fallback=self)
+
+    def _end_evaluation(self):
+        self._evaluation_network = None  # built from weights that training is about to change
 
     def _step(self, batch, stage: str):
         x, y = batch
@@ -201,7 +175,8 @@ class KerasRecipeModule(PlainAttributeFastPath, L.LightningModule):
         return torch.softmax(self._evaluation_logits(x).float(), dim=1)
 
     def configure_optimizers(self):
-        return make_optimizer([p for p in self.parameters() if p.requires_grad], self.spec.recipe)
+        return make_optimizer([p for p in self.parameters() if p.requires_grad], self.spec.recipe,
+                              fused=self.speed.fused_optimizers)
 
     # Resume must continue to the same result: dropout draws from torch's RNG, so it travels in the checkpoint.
     def on_save_checkpoint(self, checkpoint):

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .coexist import make_safe_for_tensorflow
 from .specs import Recipe, optimizer_settings
 
 
@@ -106,12 +107,17 @@ def _fused_kernels_apply(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
-def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer with Keras-equivalent settings (see the module docstring)."""
+def make_optimizer(params, recipe: Recipe, *, fused: bool = True) -> torch.optim.Optimizer:
+    """The recipe's optimizer with Keras-equivalent settings (see the module docstring).
+
+    ``fused=False`` leaves the kernel choice to torch (``Speed(fused_optimizers=False)``). Makes sure torch and
+    TensorFlow can share the process first (``coexist``): the optimizer's first step is where torch loads triton.
+    """
+    make_safe_for_tensorflow()
     params = list(params)
     s = optimizer_settings(recipe)
     name = recipe.optimizer
-    fused = _fused_kernels_apply(params) or None
+    fused = (fused and _fused_kernels_apply(params)) or None
     if name == "adam":
         return KerasAdam(params, lr=s["learning_rate"], betas=(s["beta_1"], s["beta_2"]), eps=s["epsilon"],
                          fused=fused)

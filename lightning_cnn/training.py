@@ -17,10 +17,11 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from .atomic import write_text
-from .callbacks import CPUTuning, EpochHistory
+from .callbacks import EpochHistory
 from .datamodule import ArrayDataModule
 from .errors import UserError
 from .module import KerasRecipeModule
+from .speed import Speed
 from .pretrained import find_vgg16_weights, load_vgg16_features
 from .specs import DEFAULT_MODEL, get_spec, with_train_images
 from .summary import summary
@@ -105,7 +106,7 @@ def run(config: RunConfig) -> dict:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss" if has_val
                                  else "train_loss", mode="min", save_last=True, enable_version_counter=False)
     # A bar redrawn every step costs more than a small model's step on CPU: redraw every 25 steps.
-    callbacks = [history, CPUTuning(), TQDMProgressBar(refresh_rate=25), checkpoint]
+    callbacks = [history, *Speed().trainer_callbacks(config.accelerator), TQDMProgressBar(refresh_rate=25), checkpoint]
     if spec.recipe.early_stopping_patience and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=spec.recipe.early_stopping_patience))
     trainer = L.Trainer(

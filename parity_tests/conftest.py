@@ -1,25 +1,23 @@
 """Shared fixtures for the Keras <-> PyTorch parity suite (real data, CPU, fixed seeds).
 
-TF_CPP_MIN_LOG_LEVEL is set before anything imports TensorFlow, and keras_ref (which imports lightning_cnn, and
-with it the TensorFlow/PyTorch coexistence guard, *before* TensorFlow) is the first framework import here.
+TensorFlow is loaded first thing, through ``keras_ref.load_tensorflow()``: its environment defaults, then the
+TensorFlow/PyTorch coexistence guard, then TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras_ref
 
-import keras_ref  # noqa: E402,F401  (lightning_cnn's guard first, then TensorFlow)
+keras = keras_ref.load_tensorflow()
+
 import lightning_cnn  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from functools import lru_cache  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import keras  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("LIGHTNING_CNN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 if not DATA_DIR.is_dir():  # the checkout may live elsewhere than /work/main

@@ -1,7 +1,8 @@
 """TensorFlow and PyTorch in one process, in either import order (lightning_cnn/coexist.py).
 
 The hazard: once TensorFlow is loaded, importing triton (which torch's first optimizer step does, through
-torch._dynamo) kills the process with SIGSEGV. lightning_cnn's import applies the guard. Each case runs in a
+torch._dynamo) kills the process with SIGSEGV. keras_ref.load_tensorflow() applies the guard before TensorFlow
+loads, lightning_cnn's make_optimizer before torch's first step would load triton. Each case runs in a
 fresh interpreter, since the order of imports is what is tested; a SIGSEGV shows as returncode -11.
 """
 
@@ -66,9 +67,20 @@ def test_lightning_cnn_first_then_tensorflow():
 
 
 def test_keras_ref_then_training_on_both_sides():
-    """keras_ref imports lightning_cnn before TensorFlow, as the parity suite itself does."""
-    result = run("import keras_ref\nimport tensorflow as tf\n" + KERAS_FIT + TORCH_STEP + "print('ok')\n")
+    """keras_ref loads TensorFlow after the guard, as the parity suite itself does: triton stays usable."""
+    result = run("import keras_ref\nkeras_ref.load_tensorflow()\nimport tensorflow as tf\n" + KERAS_FIT + TORCH_STEP
+                 + "import sys\nassert sys.modules['triton'] is not None\nprint('ok')\n")
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), describe(result)
+    assert "triton is disabled" not in result.stderr
+
+
+def test_tensorflow_loaded_first_is_survived_with_a_warning():
+    """TensorFlow imported directly, before anything of this project: keras_ref's loader and torch training still
+    work (triton disabled), and the loader says why triton is gone."""
+    result = run("import tensorflow as tf\nimport keras_ref\nkeras_ref.load_tensorflow()\n" + KERAS_FIT + TORCH_STEP
+                 + "print('ok')\n")
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), describe(result)
+    assert "triton is disabled" in result.stderr
 
 
 def test_control_without_the_guard_crashes():

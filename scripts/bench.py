@@ -120,7 +120,7 @@ def _timed_trainer(stamps: list[float], device, **settings):
     nothing else that costs time per step: no logger, checkpointing, progress bar or summary."""
     import lightning as L
 
-    from lightning_cnn.callbacks import CPUTuning
+    from lightning_cnn.speed import Speed
 
     class Stamp(L.Callback):
         def on_train_batch_end(self, *args):
@@ -128,7 +128,7 @@ def _timed_trainer(stamps: list[float], device, **settings):
 
     return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, callbacks=[Stamp(), CPUTuning()], **settings)
+                     num_sanity_val_steps=0, callbacks=[Stamp(), *Speed().trainer_callbacks()], **settings)
 
 
 def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, window, steps_per_execution,
@@ -139,25 +139,26 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
     import torch.nn.functional as F
 
     import lightning_cnn
-    from lightning_cnn.cpu_tuning import retain_freed_memory
-    from lightning_cnn.models import pool_before_activation_
     from lightning_cnn.optim import make_optimizer
+    from lightning_cnn.speed import Speed
+    from lightning_cnn.speed.cpu_tuning import retain_freed_memory
 
-    # No Lightning in this process (importing it makes torch re-probe CUDA on every optimizer step, see cpu_tuning),
-    # but the allocator setting that Lightning CPU runs get from CPUTuning, so the ratio measures the framework only.
+    # No Lightning in this process (importing it makes torch re-probe CUDA on every optimizer step, see
+    # speed/cpu_tuning.py), but the allocator setting that Lightning CPU runs get from CPUTuning, so the ratio
+    # measures the framework only.
     assert "lightning" not in sys.modules
     retain_freed_memory()
     torch.manual_seed(0)
-    # The same network KerasRecipeModule trains, so the ratio measures the framework and nothing else.
-    model = pool_before_activation_(lightning_cnn.build_model(spec.id, seed=0)).to(device)
-    if channels_last is None:  # the same choice KerasRecipeModule makes, so the two loops do the same work
-        channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    xt, yt, xt_test = _torch_tensors(x, y, x_test, device, channels_last)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # The same network, made by the same speed seam, that KerasRecipeModule trains: the ratio measures the framework.
+    speed = Speed() if channels_last is None else Speed(channels_last=channels_last)
+    model = lightning_cnn.build_model(spec.id, seed=0)
+    memory_format = speed.prepare_network(model)
+    model = model.to(device)
+    xt, yt, xt_test = _torch_tensors(x, y, x_test, device, memory_format == torch.channels_last)
     if compiled:
         model.compile()
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.recipe)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.recipe,
+                               fused=speed.fused_optimizers)
     autocast = torch.autocast(device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "bfloat16")),
                               enabled=precision in AUTOCAST_DTYPES)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")  # float16 needs loss scaling
@@ -192,10 +193,12 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
 
     from lightning_cnn.datamodule import InMemoryLoader
     from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.speed import Speed
 
     L.seed_everything(0, verbose=False)
-    module = KerasRecipeModule(spec.id, seed=0, channels_last=channels_last, compiled=compiled,
-                               steps_per_execution=steps_per_execution)
+    speed = Speed() if channels_last is None else Speed(channels_last=channels_last)  # NHWC only where there are convs
+    module = KerasRecipeModule(spec.id, seed=0, compiled=compiled, steps_per_execution=steps_per_execution,
+                               speed=speed)
     xt, yt, xt_test = _torch_tensors(x, y, x_test, device, module.memory_format == torch.channels_last)
     stamps: list[float] = []
     trainer = _timed_trainer(stamps, device, precision=precision, max_steps=steps)
@@ -217,7 +220,7 @@ def loop_floor_ms(contender: str, steps: int, batch_size: int = 32) -> float:
     the training loop itself costs per step, which no model or module code can take away."""
     import torch
 
-    from lightning_cnn.cpu_tuning import retain_freed_memory
+    from lightning_cnn.speed.cpu_tuning import retain_freed_memory
 
     x = torch.rand(steps * batch_size, 1, 28, 28)
     y = torch.zeros(len(x), dtype=torch.long)
@@ -426,7 +429,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, help="steps per timed window (default: 3,200 images' worth)")
     p.add_argument("--repeats", type=int, default=3, help="round-robin runs of every contender; median reported")
     p.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
-                   help="torch contenders' layout (default auto: channels_last for CNNs, as KerasRecipeModule)")
+                   help="torch contenders' layout for CNNs (Speed(channels_last=...)): auto and channels_last "
+                        "are NHWC, contiguous NCHW; MLPs stay NCHW")
     p.add_argument("--compile", action="store_true", help="torch.compile the network in both torch contenders")
     p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
                    help="Keras compile(steps_per_execution=K) and Lightning's K batches per step")

@@ -16,12 +16,11 @@ import numpy as np  # noqa: E402
 
 import keras_ref  # noqa: E402  (loads lightning_cnn before TensorFlow)
 import lightning_cnn  # noqa: E402
-from keras_ref.models import find_vgg16_weights as find_keras_h5  # noqa: E402
 import torch  # noqa: E402
 
 from keras_ref.parity import copy_weights  # noqa: E402
 from lightning_cnn.atomic import atomic_path  # noqa: E402
-from lightning_cnn.pretrained import converted_weights_path  # noqa: E402
+from lightning_cnn.pretrained import converted_weights_path, find_vgg16_weights  # noqa: E402
 
 
 def convert(h5, out, atol=1e-5, seed=0) -> float:
@@ -50,13 +49,9 @@ def main(argv=None) -> int:
     p.add_argument("--atol", type=float, default=1e-5)
     args = p.parse_args(argv)
     try:
-        h5 = find_keras_h5(args.h5)
+        h5 = find_vgg16_weights(args.h5 or "auto", framework="keras")
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    if h5 is None:
-        print("error: vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 is not in the Keras cache "
-              "(~/.keras/models/); pass --h5 PATH", file=sys.stderr)
         return 2
     diff = convert(h5, args.out, args.atol)
     print(f"wrote {args.out} (max |Keras - PyTorch| on 4 inputs, probabilities: {diff:.3g})")

@@ -137,7 +137,9 @@ def main(argv=None) -> int:
         print(f"crossval.py: error: {e}", file=sys.stderr)
         return 2
     if args.framework == "keras":
-        import keras_ref  # noqa: F401  (lightning_cnn first, then TensorFlow: the order the two need)
+        import keras_ref
+
+        keras_ref.load_tensorflow()  # the coexistence guard first, then TensorFlow
     import numpy as np
 
     from lightning_cnn import analysis, crossval

@@ -1,4 +1,5 @@
-"""CPU run settings: freed activations are reused, not page-faulted in again; CUDA is not re-probed every step."""
+"""CPU run settings: freed activations are reused, not page-faulted in again; CUDA is not re-probed every step;
+both are put back when the run ends, normally or by an exception."""
 
 from __future__ import annotations
 
@@ -11,26 +12,44 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_cnn.callbacks import CPUTuning
-from lightning_cnn.cpu_tuning import NVML_CUDA_CHECK
+from lightning_cnn.speed import Speed
+from lightning_cnn.speed.cpu_tuning import NVML_CUDA_CHECK, retaining_freed_memory
 
 # A training step's pattern: activations of several sizes are allocated, filled and freed, step after step; one
-# (40 MiB) is over the 32 MiB up to which glibc's own heuristics ever reuse memory. Prints the page faults of 20
-# steps after 5 uncounted ones. SETUP runs first, in a fresh process, since the setting is process-wide.
-PROBE = """
-import resource, torch
-{setup}
-def step():
-    activations = [torch.ones(mib * 2**18) for mib in (24, 40)]  # float32: 2**18 values per MiB
-for _ in range(5):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
+# (40 MiB) is over the 32 MiB up to which glibc's own heuristics ever reuse memory. Each probe is a fresh process,
+# since the setting is process-wide, and prints the page faults of 20 such steps (count_page_faults).
+AFTER = "from tests.test_cpu_tuning import count_page_faults\n{setup}\nprint(count_page_faults())"
 FIT_ONE_CPU_STEP = "from tests.test_cpu_tuning import fit_one_cpu_step\nfit_one_cpu_step()"
+DURING_A_CPU_RUN = """from tests.test_cpu_tuning import Probe, count_page_faults, fit_one_cpu_step
+faults = []
+fit_one_cpu_step(Probe(lambda: faults.append(count_page_faults())))
+print(faults[0])"""
 REPO = Path(__file__).resolve().parents[1]
+
+
+def count_page_faults() -> int:
+    """Page faults of 20 steps of the probe pattern, after 5 uncounted ones."""
+    import resource
+
+    def step():
+        return [torch.ones(mib * 2**18) for mib in (24, 40)]  # float32: 2**18 values per MiB
+
+    for _ in range(5):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+class Probe(L.Callback):
+    """Calls ``look()`` after each training batch, i.e. while the run's settings hold."""
+
+    def __init__(self, look):
+        self.look = look
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.look()
 
 
 class Tiny(L.LightningModule):
@@ -48,11 +67,11 @@ class Tiny(L.LightningModule):
 def fit_one_cpu_step(*callbacks):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), batch_size=4)
     L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[CPUTuning(), *callbacks]).fit(Tiny(), data)
+              enable_model_summary=False, callbacks=[*Speed().trainer_callbacks("cpu"), *callbacks]).fit(Tiny(), data)
 
 
-def page_faults(setup: str) -> int:
-    done = subprocess.run([sys.executable, "-c", PROBE.format(setup=setup)], capture_output=True, text=True,
+def page_faults(code: str) -> int:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split()[-1])
@@ -61,25 +80,43 @@ def page_faults(setup: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_freed_activations_are_reused_without_page_faults():
     pages = 20 * 40 * 2**20 // 4096  # what 20 fresh 40 MiB buffers fault in: 204,800 pages of 4 KiB
-    default = page_faults("")
-    applied = page_faults("from lightning_cnn.cpu_tuning import retain_freed_memory\n"
-                          "assert retain_freed_memory()")
-    through_trainer = page_faults(FIT_ONE_CPU_STEP)
+    default = page_faults(AFTER.format(setup=""))
+    applied = page_faults(AFTER.format(setup="from lightning_cnn.speed.cpu_tuning import retain_freed_memory\n"
+                                             "assert retain_freed_memory()"))
+    during_a_run = page_faults(DURING_A_CPU_RUN)
+    after_a_run = page_faults(AFTER.format(setup=FIT_ONE_CPU_STEP))
     # glibc's default maps and unmaps the large buffer every step: each of its pages faults again (the probe can tell).
     assert default > 0.9 * pages, default
     # Retained: the same memory is reused; a few hundred faults of slack for the interpreter's own allocations.
     assert applied < 0.01 * pages, applied
-    assert through_trainer < 0.01 * pages, through_trainer
+    assert during_a_run < 0.01 * pages, during_a_run
+    assert after_a_run > 0.9 * pages, after_a_run  # glibc's default is back once the run is over
 
 
 def test_cuda_is_not_reprobed_during_a_cpu_run_and_lightnings_setting_comes_back():
     seen = []
-
-    class Probe(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen.append(os.environ.get(NVML_CUDA_CHECK))
-
     assert os.environ.get(NVML_CUDA_CHECK) == "1"  # what ``import lightning`` set
-    fit_one_cpu_step(Probe())
-    assert seen == [None]  # torch's default check, cached after its first answer, while the run steps
-    assert os.environ.get(NVML_CUDA_CHECK) == "1"
+    fit_one_cpu_step(Probe(lambda: seen.append((os.environ.get(NVML_CUDA_CHECK), retaining_freed_memory()))))
+    # torch's default check, cached after its first answer, and retained memory while the run steps
+    assert seen == [(None, sys.platform.startswith("linux"))]
+    assert os.environ.get(NVML_CUDA_CHECK) == "1" and not retaining_freed_memory()
+
+
+def test_a_failing_run_puts_the_settings_back():
+    """Lightning calls no teardown hook when a run raises: the callback's ``on_exception`` restores instead."""
+    seen = []
+
+    def fail():
+        seen.append((os.environ.get(NVML_CUDA_CHECK), retaining_freed_memory()))
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        fit_one_cpu_step(Probe(fail))
+    assert seen == [(None, sys.platform.startswith("linux"))]
+    assert os.environ.get(NVML_CUDA_CHECK) == "1" and not retaining_freed_memory()
+
+
+def test_the_seam_switches_cpu_tuning_off_and_skips_it_off_the_cpu():
+    assert Speed(cpu_tuning=False).trainer_callbacks("cpu") == []
+    assert Speed().trainer_callbacks("gpu") == []
+    assert len(Speed().trainer_callbacks("auto")) == 1

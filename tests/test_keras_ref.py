@@ -19,10 +19,12 @@ from tests.spec_md import SPEC_PARAMS
 
 pytest.importorskip("tensorflow", reason="the Keras reference needs the [keras] extra")
 
-import keras_ref  # noqa: E402  (imports lightning_cnn, then TensorFlow: the order the two need)
-import keras  # noqa: E402
+import keras_ref  # noqa: E402
+
+keras = keras_ref.load_tensorflow()  # the coexistence guard, then TensorFlow
 from keras_ref import training  # noqa: E402
-from keras_ref.models import VGG16_NOTOP_FILE, find_vgg16_weights  # noqa: E402
+from keras_ref.models import VGG16_NOTOP_FILE  # noqa: E402
+from lightning_cnn.pretrained import find_vgg16_weights  # noqa: E402
 from lightning_cnn.data import DataError  # noqa: E402
 
 pytestmark = pytest.mark.keras
@@ -150,7 +152,7 @@ def test_vgg16_weights_file_is_loaded(where, empty_keras_home, tmp_path, capsys)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_legacy_vgg16_h5(path, source)
     if where == "keras cache":
-        assert find_vgg16_weights(None) == path
+        assert find_vgg16_weights(None, framework="keras") == path
         model = keras_ref.build_model("cifar10_vgg16_transfer", seed=0)
     else:
         model = keras_ref.build_model("cifar10_vgg16_transfer", seed=0, weights=path)

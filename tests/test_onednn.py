@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from lightning_cnn.datamodule import ArrayDataModule, InMemoryLoader
 from lightning_cnn.models import build_from_layers
 from lightning_cnn.module import KerasRecipeModule
-from lightning_cnn.onednn import onednn_forward
+from lightning_cnn.speed import Speed
+from lightning_cnn.speed.onednn import onednn_forward
 from lightning_cnn.specs import SPECS, conv, dense, flatten, get_spec, maxpool
 
 CNNS = [mid for mid, spec in SPECS.items() if any(kind == "conv2d" or kind == "vgg16_features"
@@ -67,18 +68,18 @@ def test_a_network_in_training_mode_is_not_copied():
 
 def test_evaluation_uses_the_copy_on_cpu_float32_only_while_evaluating(data_dir):
     x, y = _test_images(data_dir, "mnist_cnn_small")
-    module = KerasRecipeModule("mnist_cnn_small", seed=0)
+    module = KerasRecipeModule("mnist_cnn_small", seed=0, speed=Speed(onednn_evaluation=True))
     seen = []
 
     class Watch(L.Callback):
         def on_predict_batch_start(self, trainer, pl_module, *args):
-            seen.append(pl_module._inference_copy is not None)
+            seen.append(pl_module._evaluation_network is not None)
 
     for precision, used in (("32-true", True), ("bf16-mixed", False)):
         seen.clear()
         probabilities = torch.cat(_trainer(precision=precision, callbacks=[Watch()]).predict(
             module, InMemoryLoader(x, y, 32, shuffle=False)))
-        assert seen == [True, True] and module._inference_copy is None  # built for the epoch, dropped after it
+        assert seen == [True, True] and module._evaluation_network is None  # built for the epoch, dropped after it
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=not used):
             eager = torch.softmax(module(x).float(), dim=1)
         if used:
@@ -91,10 +92,27 @@ def test_validation_sees_the_weights_of_this_epoch(data_dir):
     """Two epochs of training with validation: the second epoch's validation loss is the eager loss of the final
     weights. A copy kept from the first epoch would be off by a training epoch's change in loss."""
     x, y = _test_images(data_dir, "mnist_cnn_small", count=256)
-    module = KerasRecipeModule("mnist_cnn_small", seed=0)
+    module = KerasRecipeModule("mnist_cnn_small", seed=0, speed=Speed(onednn_evaluation=True))
     train = InMemoryLoader(x, y, 32, shuffle=True)
     trainer = _trainer(max_epochs=2, num_sanity_val_steps=0)
     trainer.fit(module, train, InMemoryLoader(x, y, 64, shuffle=False))
     with torch.inference_mode():
         eager_loss = F.cross_entropy(module.eval()(x), y)
     assert abs(trainer.callback_metrics["val_loss"] - eager_loss) < TOLERANCE
+
+
+def test_by_default_evaluation_runs_forward_itself(data_dir):
+    """Parity-true metrics: without ``Speed(onednn_evaluation=True)`` no copy is made and predictions are
+    ``forward``'s, bit for bit."""
+    x, y = _test_images(data_dir, "mnist_cnn_small")
+    module = KerasRecipeModule("mnist_cnn_small", seed=0)
+    seen = []
+
+    class Watch(L.Callback):
+        def on_predict_batch_start(self, trainer, pl_module, *args):
+            seen.append(pl_module._evaluation_network is not None)
+
+    probabilities = torch.cat(_trainer(callbacks=[Watch()]).predict(module, InMemoryLoader(x, y, 32, shuffle=False)))
+    with torch.inference_mode():
+        eager = torch.cat([torch.softmax(module(x[i:i + 32]).float(), dim=1) for i in range(0, len(x), 32)])
+    assert seen == [False, False] and torch.equal(probabilities, eager)

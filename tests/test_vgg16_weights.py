@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import keras_ref  # noqa: F401  (before keras: coexistence guard)
-import keras
+import keras_ref
 import lightning_cnn
 from keras_ref.models import VGG16_NOTOP_FILE
 from keras_ref.parity import copy_weights
 from lightning_cnn.data import load_dataset, preprocess
 from lightning_cnn.pretrained import WeightsNotFoundError, find_vgg16_weights, load_vgg16_features
 from tests.test_keras_ref import write_legacy_vgg16_h5
+
+keras = keras_ref.load_tensorflow()  # already loaded by keras_ref.models, after the coexistence guard
 
 pytestmark = pytest.mark.keras
 

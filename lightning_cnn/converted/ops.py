@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import same_padding
+
 
 def _relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
     """Keras's relu: max_value above it, x between threshold and max_value, negative_slope*(x-threshold) below."""
@@ -72,8 +74,7 @@ def same_pads(sizes, kernel, strides, dilation) -> list:
     """F.pad amounts (last dimension first) for TensorFlow's 'same': the odd pixel goes to the end."""
     pads = []
     for size, k, s, d in reversed(list(zip(sizes, kernel, strides, dilation))):
-        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-        pads += [total // 2, total - total // 2]
+        pads += same_padding(size, k, s, d)
     return pads
 
 

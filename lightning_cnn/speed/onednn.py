@@ -1,5 +1,7 @@
 """Evaluation on CPU in oneDNN's own tensor layout: the same network, faster to validate, test and predict.
 
+Opt-in (``Speed(onednn_evaluation=True)``): by default reported metrics come from ``forward`` itself.
+
 Eager PyTorch hands each convolution to oneDNN in PyTorch's layout, so every call reorders the weights into
 oneDNN's blocked layout and the activations in and out of it. ``onednn_forward`` reorders the weights once and keeps
 the activations in oneDNN's layout (``Tensor.to_mkldnn``) from the input to the ``Flatten``; the dense layers after
@@ -14,18 +16,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .. import layers
+
 
 class OneDNNForward:
     """A float32 CPU inference copy of a network, built from its weights as they are now.
 
     Calling it after the weights have changed gives the old network's outputs: rebuild it for each evaluation
-    (``KerasRecipeModule`` does, at the start of every validation, test and predict epoch).
+    (``KerasRecipeModule`` with ``Speed(onednn_evaluation=True)`` does, at the start of every validation, test and
+    predict epoch). An input it cannot take (not float32 on the CPU, or under autocast) goes to ``fallback``.
     """
 
-    def __init__(self, feature_steps: list[Callable], head: list[nn.Module]):
-        self.feature_steps, self.head = feature_steps, head
+    def __init__(self, feature_steps: list[Callable], head: list[nn.Module], fallback: Callable):
+        self.feature_steps, self.head, self.fallback = feature_steps, head, fallback
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return self.fallback(x)
         x = x.to_mkldnn()
         for step in self.feature_steps:
             x = step(x)
@@ -36,7 +43,9 @@ class OneDNNForward:
 
 
 def _conv_step(conv: nn.Conv2d) -> Callable | None:
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros" or getattr(conv, "same_pad", None) is not None:
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        return None
+    if isinstance(conv, layers.Conv2d) and conv.same_pad is not None:
         return None  # TensorFlow's asymmetric 'same' padding is a separate F.pad in eager mode
     settings = (conv.padding, conv.stride, conv.dilation, conv.groups)
     weight = torch._C._nn.mkldnn_reorder_conv2d_weight(conv.weight.detach().to_mkldnn(), *settings)
@@ -68,12 +77,14 @@ def _feature_steps(layer: nn.Module, steps: list) -> bool:
     if step is None:
         return False
     steps.append(step)
-    activation = getattr(layer, "activation", None)  # this project's fused Conv2D(..., activation=...)
-    return activation is None or _feature_steps(activation, steps)
+    if isinstance(layer, layers.Conv2d):  # Conv2D(..., activation=...): the activation is fused in the layer
+        return _feature_steps(layer.activation, steps)
+    return True
 
 
-def onednn_forward(model: nn.Sequential) -> OneDNNForward | None:
-    """The oneDNN inference copy of ``model``, or None where it can't be made or would not help.
+def onednn_forward(model: nn.Sequential, fallback: Callable | None = None) -> OneDNNForward | None:
+    """The oneDNN inference copy of ``model``, or None where it can't be made or would not help; inputs the copy
+    cannot take go to ``fallback`` (default: ``model`` itself).
 
     Taken: convolutions (symmetric padding), max-pools, ReLU, dropout, up to the first ``Flatten``, float32 on
     CPU. None: a model in training mode (the copy would skip its dropout), no convolution to speed up, another
@@ -90,4 +101,4 @@ def onednn_forward(model: nn.Sequential) -> OneDNNForward | None:
     steps: list = []  # the weights are detached where they are reordered, so no autograd is involved
     if not all(_feature_steps(layer, steps) for layer in children[:cut]):
         return None
-    return OneDNNForward(steps, children[cut:])
+    return OneDNNForward(steps, children[cut:], model if fallback is None else fallback)

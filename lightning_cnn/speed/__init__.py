@@ -1,0 +1,86 @@
+"""The speed seam: every trick that makes this project's training or evaluation faster, each behind one switch.
+
+None of them changes what is trained: each is exact (the same numbers bit for bit) or, for the oneDNN evaluation
+copy, equal to float32 rounding (tested within 1e-5 of the largest logit). ``KerasRecipeModule(speed=...)`` and
+``speed.trainer_callbacks(...)`` are where they are applied; the module itself is written as if none existed.
+``docs/performance.md`` ("The speed seam") gives what each one measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+__all__ = ["Speed"]
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Which speed tricks a run uses. ``Speed()``: the default set; ``Speed.none()``: the network as written.
+
+    - ``attribute_fast_path``: cheaper re-assignment of the attributes Lightning and torchmetrics set on every
+      step (``speed/attributes.py``).
+    - ``pool_before_activation``: ReLU after the max-pool that follows it, not before (``speed/pooling.py``).
+    - ``channels_last``: networks with convolutions run in NHWC, Keras's own layout, where oneDNN and cuDNN pool
+      and convolve faster.
+    - ``fused_optimizers``: torch's one-kernel Adam and SGD on CPU too (torch picks them by itself on CUDA only).
+    - ``cpu_tuning``: on a CPU run, glibc keeps freed memory and torch checks for CUDA once
+      (``speed/cpu_tuning.py``); put back when the run ends, by teardown or exception.
+    - ``onednn_evaluation`` (off by default): validation, test and predict on CPU in float32 run an inference copy
+      of the network in oneDNN's layout (``speed/onednn.py``), equal to ``forward`` to float32 rounding. Off, the
+      reported metrics come from ``forward``, the network that was trained.
+    """
+
+    attribute_fast_path: bool = True
+    pool_before_activation: bool = True
+    channels_last: bool = True
+    fused_optimizers: bool = True
+    cpu_tuning: bool = True
+    onednn_evaluation: bool = False
+
+    @classmethod
+    def none(cls) -> Speed:
+        """Every trick off."""
+        return cls(**{f.name: False for f in fields(cls)})
+
+    def prepare_network(self, model):
+        """Applies the network tricks to ``model`` in place; returns the memory format its inputs should have."""
+        import torch
+
+        from .pooling import pool_before_activation_
+
+        if self.pool_before_activation:
+            pool_before_activation_(model)
+        has_convolutions = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        memory_format = torch.channels_last if self.channels_last and has_convolutions else torch.contiguous_format
+        model.to(memory_format=memory_format)
+        return memory_format
+
+    def prepare_module(self, module):
+        """Applies the module tricks to a ``LightningModule`` (and its torchmetrics metrics) in place."""
+        if self.attribute_fast_path:
+            from torchmetrics import Metric
+
+            from .attributes import with_attribute_fast_path
+
+            with_attribute_fast_path(module, (Metric,))
+        return module
+
+    def evaluation_network(self, model, fallback: Callable | None = None) -> Callable | None:
+        """A faster stand-in for ``model`` during one evaluation epoch, or None to evaluate ``model`` itself.
+        Inputs it cannot take (not float32 on the CPU, or under autocast) go to ``fallback`` (default ``model``)."""
+        if not self.onednn_evaluation:
+            return None
+        from .onednn import onednn_forward
+
+        return onednn_forward(model, fallback)
+
+    def trainer_callbacks(self, accelerator="auto") -> list:
+        """The Lightning callbacks a Trainer on ``accelerator`` (its name, e.g. ``"cpu"``, or an ``Accelerator``)
+        needs for these settings. Each puts back what it changed when the run ends, normally or by an exception."""
+        maybe_cpu = not isinstance(accelerator, str) or accelerator in ("auto", "cpu")
+        if not (self.cpu_tuning and maybe_cpu):
+            return []
+        from .trainer import CPUTuning  # acts only if the run's accelerator turns out to be the CPU
+
+        return [CPUTuning()]
