@@ -18,8 +18,8 @@ import torch
 from keras import layers
 
 from keras_ref.convert import compare, convert, copy_weights_to_keras
-from lightning_cnn.converted import fuse_for_inference
-from lightning_cnn.converted.ops import BatchNorm
+from lightning_cnn.converted import prepare_for_inference
+from lightning_cnn.converted.ops import BatchNorm, Conv
 
 from .conftest import _test_split
 
@@ -134,10 +134,14 @@ def test_weights_copy_back_to_keras(architecture):
     assert_logits_match(model, twin, x, f"{name} after copy back")
 
 
-def test_bn_folded_inference_copy_matches(architecture):
-    """fuse_for_inference folds each conv->BN pair (fewer modules), same logits within the same tolerance."""
+def test_inference_copy_matches(architecture):
+    """prepare_for_inference folds each conv->BN pair (fewer modules) and stores conv weights channels-last, on a
+    copy (the twin keeps its BNs and layout); same logits within the same tolerance."""
     name, model, twin, x = architecture
-    fused = fuse_for_inference(twin)
+    fast = prepare_for_inference(twin)
     batch_norms = [m for m in twin.modules() if isinstance(m, BatchNorm)]
-    assert len([m for m in fused.modules() if isinstance(m, BatchNorm)]) < max(len(batch_norms), 1)
-    assert_logits_match(model, fused, x, f"{name} BN folded")
+    assert len([m for m in fast.modules() if isinstance(m, BatchNorm)]) < max(len(batch_norms), 1)
+    convs = [m for m in fast.modules() if isinstance(m, Conv) and m.weight.dim() == 4]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert all(m.weight.is_contiguous() for m in twin.modules() if isinstance(m, Conv))
+    assert_logits_match(model, fast, x, f"{name} prepared for inference")

@@ -129,6 +129,7 @@ def _copy(folder: Path, dest: Path) -> Path:
     (lambda g: g["inputs"][0].update(name="x):\n    import os #"), "bad or duplicate input name"),
     (lambda g: g["modules"][1]["config"].update(filters=7, in_channels=7, groups=7), "do not match"),
     (lambda g: g.pop("nodes"), "malformed graph"),
+    (lambda g: g["modules"][0]["config"].update(strides=[10**9, 10**9]), "strides=.* is beyond the bound"),
 ])
 def test_tampered_graph_is_a_user_error(saved, tmp_path, tamper, message):
     _, folder = saved
@@ -139,6 +140,38 @@ def test_tampered_graph_is_a_user_error(saved, tmp_path, tamper, message):
     with pytest.raises(ConvertedModelError, match=message) as info:
         lightning_cnn.load_converted(bad)
     assert isinstance(info.value, UserError) and "keras_ref.convert" in str(info.value)
+
+
+# The child process: peak RSS before and after loading a folder whose graph.json asks for an enormous layer.
+HUGE_LAYER = textwrap.dedent("""
+    import resource, sys
+    import lightning_cnn
+    from lightning_cnn.converted import ConvertedModelError
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        lightning_cnn.load_converted(sys.argv[1])
+    except ConvertedModelError as error:
+        print(error)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, "MiB")
+""")
+
+
+def test_enormous_layer_is_refused_before_allocating(saved, tmp_path):
+    _, folder = saved
+    bad = _copy(folder, tmp_path / "bad")
+    graph = json.loads((bad / "graph.json").read_text())
+    (logits,) = [m for m in graph["modules"] if m["name"] == "logits"]
+    logits["config"]["units"] = 10**9  # a 10**9 x 150 float32 weight: 600 GB if it were allocated
+    (bad / "graph.json").write_text(json.dumps(graph))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", HUGE_LAYER, str(bad)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    message, growth = result.stdout.strip().splitlines()
+    assert "layer 'logits'" in message and "(1000000000, 150)" in message and "(4, 150)" in message
+    # Loading the real 150x4 layer needs well under a MiB; 64 MiB of peak growth leaves room for allocator and
+    # import noise while a single row of the requested layer's weight would already exceed it at 10**9 units.
+    assert int(growth.split()[0]) < 64, growth
 
 
 def test_corrupt_or_missing_files_are_user_errors(saved, tmp_path):

@@ -7,8 +7,10 @@
 
 For each model (``weights=None``): the seconds ``convert()`` takes (graph walk, twin build, weight copy; the
 Keras model is built before the clock starts), then inference images/s at ``--batch`` of Keras
-(``predict_on_batch``: its compiled tf.function) and of the twin (``torch.inference_mode``), one warm-up call
-each, then ``--repeats`` rounds alternating the two; the ratio printed is the median of the per-round ratios (a
+(``predict_on_batch``: its compiled tf.function), of the twin, of its BN-folded copy (``fuse_for_inference``) and
+of ``prepare_for_inference(twin)`` (BN folded, channels-last weights), each torch call under
+``torch.inference_mode``; one warm-up call each, then ``--repeats`` rounds calling all four back to back; each
+ratio printed is the median of the per-round ratios (a
 shared VM's speed drifts, so ratios are taken between calls made back to back). Both frameworks share this
 process and its cores. Nothing is asserted: the numbers are printed.
 """
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
 
     import keras
     from keras_ref.convert import compare, convert, to_twin_input
-    from lightning_cnn.converted import fuse_for_inference
+    from lightning_cnn.converted import fuse_for_inference, prepare_for_inference
 
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), keras {keras.__version__}, "
@@ -60,36 +62,35 @@ def main(argv=None) -> int:
         twin = convert(model)
         seconds = time.perf_counter() - started
         x = rng.random((args.batch, SIZES[name], SIZES[name], 3), dtype=np.float32)
-        (report,) = compare(model, twin, [x[:4]])
-        fused = fuse_for_inference(twin)
-        (fused_report,) = compare(model, fused, [x[:4]])
+        variants = {"twin": twin, "BN-folded twin": fuse_for_inference(twin),
+                    "prepare_for_inference": prepare_for_inference(twin)}
+        diffs = {label: compare(model, m, [x[:4]])[0]["max_abs_diff"] for label, m in variants.items()}
         xt = to_twin_input(x)
 
-        def keras_call():
-            model.predict_on_batch(x)
+        def torch_call(module):
+            def call():
+                with torch.inference_mode():
+                    module(xt)
+            return call
 
-        def twin_call():
-            with torch.inference_mode():
-                twin(xt)
-
-        def fused_call():
-            with torch.inference_mode():
-                fused(xt)
+        calls = [lambda: model.predict_on_batch(x)] + [torch_call(m) for m in variants.values()]
 
         def timed(fn):
             started = time.perf_counter()
             fn()
             return args.batch / (time.perf_counter() - started)
 
-        keras_call(), twin_call(), fused_call()  # warm-up (tf.function tracing, allocator)
-        rounds = [(timed(keras_call), timed(twin_call), timed(fused_call)) for _ in range(args.repeats)]
-        keras_ips, twin_ips, fused_ips = (statistics.median(r[i] for r in rounds) for i in range(3))
-        ratio = statistics.median(r[1] / r[0] for r in rounds)
-        fused_ratio = statistics.median(r[2] / r[0] for r in rounds)
+        for call in calls:  # warm-up (tf.function tracing, allocator)
+            call()
+        rounds = [[timed(call) for call in calls] for _ in range(args.repeats)]
+        keras_ips = statistics.median(r[0] for r in rounds)
+        parts = [f"Keras {keras_ips:.1f} images/s"]
+        for i, label in enumerate(variants, start=1):
+            ratio = statistics.median(r[i] / r[0] for r in rounds)
+            parts.append(f"{label} {statistics.median(r[i] for r in rounds):.1f} ({ratio:.2f}x Keras, max |diff| "
+                         f"{diffs[label]:.2g})")
         print(f"{name} ({SIZES[name]}x{SIZES[name]}, {sum(p.numel() for p in twin.parameters()):,} parameters): "
-              f"convert {seconds:.2f} s; max |Keras - twin| {report['max_abs_diff']:.2g} (BN-folded "
-              f"{fused_report['max_abs_diff']:.2g}); inference images/s Keras {keras_ips:.1f}, twin {twin_ips:.1f} "
-              f"({ratio:.2f}x Keras), BN-folded twin {fused_ips:.1f} ({fused_ratio:.2f}x Keras)")
+              f"convert {seconds:.2f} s; " + "; ".join(parts), flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+import torch
 from torch import fx, nn
 
 from ..errors import UserError
@@ -44,6 +45,31 @@ def python_name(name: str, taken: set) -> str:
     return out
 
 
+# Sizes a config sets that no weight in the file vouches for: each drives how much forward() allocates (padding
+# from strides/dilations, pad/crop amounts, upsampling factors, pool windows, reshape targets, noise shapes), so a
+# tampered graph.json could ask for unbounded memory. 2**16 is far beyond any real image or sequence extent.
+MAX_EXTENT = 1 << 16
+UNWEIGHTED_SIZES = {
+    "conv": ("strides", "dilation"), "separable_conv": ("strides", "dilation"),
+    "conv_transpose": ("strides", "dilation"), "pool": ("pool_size", "strides"), "pad2d": ("pads",),
+    "upsample2d": ("size",), "reshape": ("target_shape",), "dropout": ("noise_shape",),
+}
+
+
+def _integers(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _integers(item)
+
+
+def _check_extents(where: str, name: str, op: str, config: dict):
+    for key in UNWEIGHTED_SIZES.get(op, ()):
+        if any(abs(n) > MAX_EXTENT for n in _integers(config.get(key))):
+            _fail(where, f"module {name!r} ({op}): {key}={config[key]!r} is beyond the bound {MAX_EXTENT}")
+
+
 def _identifier(name) -> bool:
     """Names become Python source in the twin's generated forward(): plain identifiers only."""
     return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
@@ -67,9 +93,12 @@ def build_twin(graph: dict, where: str = "graph") -> fx.GraphModule:
                 _fail(where, f"bad or duplicate module name {name!r}")
             if op not in OPS:
                 _fail(where, f"module {name!r}: unknown op {op!r} (known: {', '.join(sorted(OPS))})")
+            if not isinstance(spec["config"], dict):
+                _fail(where, f"module {name!r} ({op}): config is not an object")
+            _check_extents(where, name, op, spec["config"])
             try:
                 module = OPS[op](**spec["config"])
-            except (TypeError, ValueError, RuntimeError, KeyError) as error:
+            except (TypeError, ValueError, RuntimeError, KeyError, ZeroDivisionError, OverflowError) as error:
                 _fail(where, f"module {name!r} ({op}): bad config {spec['config']!r} ({error})")
             module.keras_class, module.keras_path = spec.get("keras_class"), spec.get("keras_path")
             root.add_module(name, module)
@@ -96,11 +125,38 @@ def build_twin(graph: dict, where: str = "graph") -> fx.GraphModule:
     return twin
 
 
+def _check_against_header(twin: nn.Module, weights_path: Path):
+    """Every parameter and buffer the graph implies must be in the safetensors header with the same shape.
+
+    Read from the header alone (``safe_open`` loads no tensor) and checked on a twin built on the meta device, so a
+    graph.json asking for an enormous layer is refused before any memory is allocated for it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(weights_path, framework="pt") as file:
+            stored = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        _fail(str(weights_path), f"cannot read ({error})")
+    expected = {key: tuple(t.shape) for key, t in twin.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        _fail(str(weights_path), f"weights do not match graph.json (missing {missing[:5]}, unexpected "
+                                 f"{unexpected[:5]})")
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            module = twin.get_submodule(key.split(".")[0])
+            _fail(str(weights_path), f"weight shapes do not match graph.json: layer {key.split('.')[0]!r} "
+                                     f"(Keras {module.keras_class} {module.keras_path}) implies {key} of shape "
+                                     f"{shape}, the file holds {stored[key]}")
+
+
 def load_converted(path: str | os.PathLike) -> nn.Module:
     """The twin saved by ``python -m keras_ref.convert`` (graph.json + weights.safetensors), in eval mode.
 
     Reads only those two files: JSON and safetensors (no pickle, no code from the folder); TensorFlow and Keras
-    are not needed. Weights must match the graph exactly (names and shapes), else ConvertedModelError.
+    are not needed. The twin is first built without storage (meta device) and checked against the weights file's
+    header: names and shapes must match exactly, else ConvertedModelError, before anything is allocated.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -115,19 +171,13 @@ def load_converted(path: str | os.PathLike) -> nn.Module:
         graph = json.loads(graph_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         _fail(str(graph_path), f"not valid JSON ({error})")
-    twin = build_twin(graph, str(graph_path))
+    with torch.device("meta"):
+        twin = build_twin(graph, str(graph_path))
+    _check_against_header(twin, weights_path)
     try:
         state = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as error:
         _fail(str(weights_path), f"cannot read ({error})")
-    expected = twin.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        _fail(str(weights_path), f"weights do not match graph.json (missing {missing[:5]}, unexpected "
-                                 f"{unexpected[:5]})")
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        _fail(str(weights_path), f"weight shapes do not match graph.json ({'; '.join(wrong[:3])})")
+    twin = twin.to_empty(device="cpu")
     twin.load_state_dict(state)
     return twin.eval()

@@ -1,9 +1,12 @@
-"""A faster inference copy of a twin: BatchNormalization folded into the convolution before it.
+"""A faster inference copy of a twin: BN folded into the convolution before it, weights in channels-last order.
 
 TensorFlow's graph optimizer folds inference-mode BN into the preceding convolution; eager PyTorch runs BN as a
-separate pass over the activations. ``fuse_for_inference`` does the same folding on a copy of the twin's fx graph
-(weights as they are now: refold after training). The result is for eval only: in training mode BN would use batch
-statistics, which a folded conv cannot.
+separate pass over the activations. ``fuse_for_inference`` does the same folding on a copy of the twin's fx graph.
+``prepare_for_inference`` also stores the 4-D conv weights channels-last: oneDNN then keeps the activations in
+NHWC from the first convolution on (torch follows the weight's memory format), instead of reordering NCHW
+activations in and out of its own layout at every convolution. Both are copies built from the weights as they are
+now (prepare again after training), for eval only: in training mode BN would use batch statistics, which a
+folded conv cannot. The training twin itself is never changed.
 """
 
 from __future__ import annotations
@@ -49,3 +52,12 @@ def fuse_for_inference(twin: fx.GraphModule) -> fx.GraphModule:
     fused.graph.lint()
     fused.recompile()
     return fused
+
+
+def prepare_for_inference(twin: fx.GraphModule, channels_last: bool = True) -> fx.GraphModule:
+    """The fast CPU inference copy of ``twin``: BN folded (``fuse_for_inference``), 4-D weights channels-last.
+
+    Inputs stay as the twin takes them (NCHW images); outputs equal the twin's up to float32 summation order.
+    """
+    fused = fuse_for_inference(twin)
+    return fused.to(memory_format=torch.channels_last) if channels_last else fused
