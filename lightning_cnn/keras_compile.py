@@ -205,20 +205,14 @@ class CompiledTwinModule(L.LightningModule):
         getattr(self, f"{stage}_metrics").update(loss, output, y)
         return loss
 
-    def _log_stage(self, stage: str):
-        metrics = getattr(self, f"{stage}_metrics")
-        self.log(f"{stage}_loss", metrics.loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log(f"{stage}_acc", metrics.acc, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log(f"{stage}_samples", metrics.samples, on_step=False, on_epoch=True)
-
     def on_train_epoch_start(self):
-        self._log_stage("train")
+        self.train_metrics.log_to(self, "train")
 
     def on_validation_epoch_start(self):
-        self._log_stage("val")
+        self.val_metrics.log_to(self, "val")
 
     def on_test_epoch_start(self):
-        self._log_stage("test")
+        self.test_metrics.log_to(self, "test")
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -64,6 +64,17 @@ class StageMetrics(torch.nn.Module):
         self.acc.update(logits.detach(), y)
         self.samples.update(n)
 
+    def log_to(self, module: L.LightningModule, stage: str) -> None:
+        """Registers these metric objects with ``module`` once per epoch; Lightning computes, syncs and resets them
+        at its end.
+
+        Logging a metric object from every step would redo the same registration each time (over a millisecond a
+        step here); once at epoch start is enough because Lightning keeps the object and reads it at epoch end.
+        """
+        module.log(f"{stage}_loss", self.loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        module.log(f"{stage}_acc", self.acc, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        module.log(f"{stage}_samples", self.samples, on_step=False, on_epoch=True)
+
 
 class KerasRecipeModule(L.LightningModule):
     """Trains ``build_model(model_id)`` with its documented recipe.
@@ -119,26 +130,15 @@ class KerasRecipeModule(L.LightningModule):
         getattr(self, f"{stage}_metrics").update(loss, logits, y)
         return loss
 
-    def _log_stage(self, stage: str):
-        """Registers the stage's metric objects once per epoch; Lightning computes, syncs and resets them at its end.
-
-        Logging a metric object from every step would redo the same registration each time (over a millisecond a
-        step here); once at epoch start is enough because Lightning keeps the object and reads it at epoch end.
-        """
-        metrics = getattr(self, f"{stage}_metrics")
-        self.log(f"{stage}_loss", metrics.loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log(f"{stage}_acc", metrics.acc, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log(f"{stage}_samples", metrics.samples, on_step=False, on_epoch=True)
-
     def on_train_epoch_start(self):
-        self._log_stage("train")
+        self.train_metrics.log_to(self, "train")
 
     def on_validation_epoch_start(self):
-        self._log_stage("val")
+        self.val_metrics.log_to(self, "val")
         self._start_evaluation()
 
     def on_test_epoch_start(self):
-        self._log_stage("test")
+        self.test_metrics.log_to(self, "test")
         self._start_evaluation()
 
     def on_predict_epoch_start(self):

@@ -167,7 +167,7 @@ def test_idx_bomb_is_refused_within_bounded_memory(data_dir, tmp_path, reliabili
     # Bound from issue 18: twice the real data set (MNIST's 55 MB). The reader holds one buffer of the size the
     # header promises (47 MB) and the small label/test files, never the 3 GiB.
     assert peak < 2 * MNIST_BYTES, f"the load raised peak RSS by {peak / 1e6:.0f} MB"
-    reliability("data", f"MNIST train images replaced by a {form} that inflates to 3 GiB behind a valid header",
+    reliability("data", f"MNIST train images: a {form} inflating to 3 GiB behind a valid header",
                 f"{line} (peak RSS grew by {peak / 1e6:.0f} MB; bound {2 * MNIST_BYTES / 1e6:.0f} MB)")
 
 
@@ -215,7 +215,7 @@ def test_bad_flag_values_are_one_line_and_exit_2(capsys, data_dir, tmp_path, rel
                       "--out", tmp_path / "out", *argv)
     line = assert_one_line_error(status, err, needle)
     assert not (tmp_path / "out" / "metrics.csv").exists()  # refused before training
-    reliability("flags", f"`train.py {' '.join(argv)}`", line)
+    reliability("`train.py` flags", f"`{' '.join(argv)}`", line)
 
 
 def test_nan_loss_stops_training_naming_epoch_and_step(data_dir, reliability):
@@ -263,7 +263,7 @@ def test_every_command_line_refuses_a_missing_input_in_one_line(capsys, tmp_path
     argv = [a.format(missing=tmp_path / "missing", out=tmp_path / "out") for a in IN_PROCESS[name]]
     status, err = cli(capsys, name, *argv)
     line = assert_one_line_error(status, err, str(tmp_path / "missing"))
-    reliability("entry points", f"`{name}` given a path that does not exist", line)
+    reliability("a path that does not exist", f"`{name}`", line)
 
 
 @pytest.mark.keras
@@ -273,7 +273,7 @@ def test_keras_command_lines_refuse_bad_input_in_one_line(tmp_path, reliability,
     if command == "train_keras":
         argv = [str(REPO / "scripts" / "train_keras.py"), "--model", "mnist_cnn_small", "--data-dir",
                 str(tmp_path / "missing"), "--epochs", "1"]
-        needle, tried = str(tmp_path / "missing"), "`train_keras` given a data folder that does not exist"
+        needle, tried = str(tmp_path / "missing"), "`train_keras`"
     else:
         damaged = tmp_path / "model.keras"
         damaged.write_bytes(b"PK\x03\x04 not really a Keras archive" * 10)
@@ -281,7 +281,7 @@ def test_keras_command_lines_refuse_bad_input_in_one_line(tmp_path, reliability,
         needle, tried = f"{damaged} is not a .keras archive", "`python -m keras_ref.parity` with a damaged .keras file"
     result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
     line = assert_one_line_error(result.returncode, result.stderr, needle)
-    reliability("entry points", tried, line)
+    reliability("a path that does not exist" if command == "train_keras" else "entry points", tried, line)
 
 
 # --- checkpoints: predict.py and --resume -------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def test_predict_refuses_a_checkpoint_with(capsys, trained, tmp_path, reliabilit
     path = _altered(trained, tmp_path, change)
     status, err = cli(capsys, "predict", "--checkpoint", path, "--test-indices", "0")
     line = assert_one_line_error(status, err, str(path), *needles)
-    reliability("checkpoints", f"`predict.py` with a checkpoint of {fault}", line)
+    reliability("checkpoints given to `predict`", fault, line)
 
 
 def test_truncated_checkpoint_is_refused(capsys, trained, tmp_path, reliability):
@@ -336,7 +336,7 @@ def test_truncated_checkpoint_is_refused(capsys, trained, tmp_path, reliability)
     path.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
     status, err = cli(capsys, "predict", "--checkpoint", path, "--test-indices", "0")
     line = assert_one_line_error(status, err, "cannot read checkpoint", str(path))
-    reliability("checkpoints", "`predict.py` with a half-written checkpoint", line)
+    reliability("checkpoints given to `predict`", "half-written", line)
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_refused(capsys, trained, data_dir, tmp_path, reliability):
