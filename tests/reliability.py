@@ -43,9 +43,9 @@ def pytest_runtest_logreport(report):
 def _outcome(got: str) -> str:
     """What the user gets, in a few words, for the README's grouped table."""
     if got.startswith("error:"):
-        return "one `error:` line naming it and the fix; exit 2"
+        return "one `error:` line; exit 2"
     if got.startswith("interrupted:"):
-        return "one `interrupted:` line naming the checkpoint to resume from; exit 130"
+        return "one `interrupted:` line naming the checkpoint to resume; exit 130"
     return got if len(got) <= 100 else got[:100].rsplit(" ", 1)[0] + " …"
 
 

@@ -167,7 +167,7 @@ def test_idx_bomb_is_refused_within_bounded_memory(data_dir, tmp_path, reliabili
     # Bound from issue 18: twice the real data set (MNIST's 55 MB). The reader holds one buffer of the size the
     # header promises (47 MB) and the small label/test files, never the 3 GiB.
     assert peak < 2 * MNIST_BYTES, f"the load raised peak RSS by {peak / 1e6:.0f} MB"
-    reliability("data", f"MNIST train images: a {form} inflating to 3 GiB behind a valid header",
+    reliability("data", f"a {form} (3 GiB inflated, valid header) as MNIST train images",
                 f"{line} (peak RSS grew by {peak / 1e6:.0f} MB; bound {2 * MNIST_BYTES / 1e6:.0f} MB)")
 
 
@@ -374,7 +374,7 @@ def test_two_runs_with_the_same_out(capsys, data_dir, tmp_path, reliability):
 
     with run_lock(out):  # a lock left by a killed run never blocks the next one
         pass
-    reliability("output", "two runs with the same `--out` (the second starts while the first runs)", line)
+    reliability("output", "two concurrent runs on one `--out`", line)
 
 
 def _read_only(path: Path) -> list[str]:
