@@ -40,7 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="intra-op threads for both frameworks (default: each its own)")
     args = parser.parse_args(argv)
 
-    import keras_ref  # noqa: F401  (lightning_cnn's TensorFlow/torch guard first)
+    from keras_ref import load_tensorflow
+
+    keras = load_tensorflow()  # the TensorFlow/torch guard, then TensorFlow
     import numpy as np
     import tensorflow as tf
     import torch
@@ -49,7 +51,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
 
-    import keras
     from keras_ref.convert import compare, convert, to_twin_input
     from lightning_cnn.converted import fuse_for_inference, prepare_for_inference
 
