@@ -63,13 +63,14 @@ class InMemoryLoader:
     loaders leave shards uneven so that no sample is counted twice.
     ``batches_per_item=k`` yields lists of k consecutive batches (the last list may be shorter), for a module that
     takes k optimizer steps per Lightning step (``KerasRecipeModule(steps_per_execution=k)``); the batches and
-    their order are those of ``k=1``.
+    their order are those of ``k=1``. ``x`` may be a tuple of tensors (a model with several inputs): each batch's
+    x is then the tuple of their rows.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
                  drop_last: bool = False, *, pad_shards: bool | None = None, pin_memory: bool = False,
                  batches_per_item: int = 1):
-        if len(x) != len(y):
+        if any(len(part) != len(y) for part in (x if isinstance(x, tuple) else (x,))):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -95,7 +96,7 @@ class InMemoryLoader:
         self.epoch = epoch
 
     def _samples_on_this_rank(self, rank: int, world_size: int) -> int:
-        n = len(self.x)
+        n = len(self.y)
         return math.ceil(n / world_size) if self.pad_shards else len(range(rank, n, world_size))
 
     def __len__(self) -> int:
@@ -120,18 +121,17 @@ class InMemoryLoader:
         rank, world_size = _rank_and_world()
         contiguous = not self.shuffle and world_size == 1  # plain slices: views, no copy
         indices = None if contiguous else shard_indices(
-            len(self.x), rank=rank, world_size=world_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-            pad=self.pad_shards).to(self.x.device)  # data kept on a GPU: index there, no copy per batch
-        n = len(self.x) if contiguous else len(indices)
+            len(self.y), rank=rank, world_size=world_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+            pad=self.pad_shards).to(self.y.device)  # data kept on a GPU: index there, no copy per batch
+        n = len(self.y) if contiguous else len(indices)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            if contiguous:
-                xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
-            else:
-                batch = indices[start:start + self.batch_size]
-                xb, yb = self.x[batch], self.y[batch]
+            rows = slice(start, start + self.batch_size) if contiguous else indices[start:start + self.batch_size]
+            xb = tuple(part[rows] for part in self.x) if isinstance(self.x, tuple) else self.x[rows]
+            yb = self.y[rows]
             if self.pin_memory:
-                xb, yb = xb.pin_memory(), yb.pin_memory()
+                xb = tuple(p.pin_memory() for p in xb) if isinstance(xb, tuple) else xb.pin_memory()
+                yb = yb.pin_memory()
             yield xb, yb
 
 

@@ -195,8 +195,8 @@ class CompiledTwinModule(L.LightningModule):
         self._final_activation = FinalActivationInput(network, compile_config.logits_activations)
         self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(num_classes) for _ in range(3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+    def forward(self, x: torch.Tensor | tuple) -> torch.Tensor:
+        return self.network(*x) if isinstance(x, tuple) else self.network(x)  # a tuple: one tensor per input
 
     def _step(self, batch, stage: str):
         x, y = batch
