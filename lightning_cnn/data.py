@@ -330,16 +330,22 @@ def _layout(name: str) -> tuple[tuple, tuple]:
     return ((32, 32, 3), (1,)) if name == "cifar10" else ((28, 28), ())
 
 
+def read_npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) an .npy member of an .npz declares, read before numpy allocates anything for it."""
+    with archive.open(member) as f:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+        if read_header is None:  # version 3.0 only adds utf-8 field names, which no load_data() array has
+            raise ValueError(f"{member} has an unsupported .npy format version")
+        shape, _, dtype = read_header(f)
+    return shape, dtype
+
+
 def _check_npy_header(archive: np.lib.npyio.NpzFile, key: str, path: Path, name: str) -> None:
     """Refuse an array whose header declares more bytes than the data set's largest array, before numpy allocates
     it (a damaged or hostile header can declare petabytes)."""
     member = f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key
-    with archive.zip.open(member) as f:
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
-        if read_header is None:  # version 3.0 only adds utf-8 field names, which no load_data() array has
-            raise ValueError(f"{key}.npy has an unsupported .npy format version")
-        shape, _, dtype = read_header(f)
+    shape, dtype = read_npy_header(archive.zip, member)
     image_shape, _ = _layout(name)
     largest = _expected_sizes(name)[0] * int(np.prod(image_shape))  # x_train's bytes
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize

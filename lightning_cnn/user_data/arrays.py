@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import read_npy_header
 from . import UserDataError
 from .model_inputs import InputSpec, ModelInputs
 
@@ -35,21 +36,13 @@ class ArraySplit:
         return len(self.y)
 
 
-def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple, np.dtype, int]:
-    """(shape, dtype, stored bytes) of one .npy member, read from its header before numpy allocates anything."""
-    with archive.open(member) as f:
-        version = np.lib.format.read_magic(f)
-        shape, _, dtype = np.lib.format._read_array_header(f, version)
-    return shape, dtype, archive.getinfo(member).file_size
-
-
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the archive; object (pickled) arrays and headers declaring more data than stored refused."""
     where = f"--data {path}"
     try:
         with zipfile.ZipFile(path) as archive:
-            headers = {m.removesuffix(".npy"): _npy_header(archive, m) for m in archive.namelist()
-                       if m.endswith(".npy")}
+            headers = {m.removesuffix(".npy"): (*read_npy_header(archive, m), archive.getinfo(m).file_size)
+                       for m in archive.namelist() if m.endswith(".npy")}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as error:
         raise UserDataError(f"{where} is not a readable .npz archive ({error}); write it with numpy.savez") from None
     for key, (shape, dtype, stored) in headers.items():
@@ -71,12 +64,12 @@ def _input_array(arrays: dict, split: str, spec: InputSpec, single: bool, where:
     key = f"x_{split}" if single and f"x_{split}" in arrays else f"x_{split}_{spec.name}"
     if key not in arrays:
         return None
-    x = arrays[key]
+    x = given = arrays[key]
     if len(spec.shape) == 3 and spec.shape[2] == 1 and x.ndim == 3:
         x = x[..., None]  # (N, H, W) grayscale for an (H, W, 1) input, as MNIST ships
     expected = tuple(spec.shape)
     if x.ndim != 1 + len(expected) or any(e is not None and e != n for e, n in zip(expected, x.shape[1:])):
-        raise UserDataError(f"{where}: {key} has shape {x.shape} but the model's input {spec.name!r} takes "
+        raise UserDataError(f"{where}: {key} has shape {given.shape} but the model's input {spec.name!r} takes "
                             f"(N, {', '.join('any' if e is None else str(e) for e in expected)}) in Keras layout")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise UserDataError(f"{where}: {key} is {x.dtype}; give numbers")

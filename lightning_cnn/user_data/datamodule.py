@@ -98,7 +98,10 @@ class UserDataModule(L.LightningDataModule):
     def train_size(self) -> int:
         return len(self.splits["train"])
 
-    def _loader(self, part, train: bool):
+    def loader(self, split: str, *, train: bool):
+        """The loader of one split ("train", "val", "test"): shuffled and grouped by ``steps_per_execution``
+        when ``train``."""
+        part = self.splits[split]
         batch_size = self.batch_size if train else self.eval_batch_size
         group = self.steps_per_execution if train else 1
         if self.kind == "npz":
@@ -108,13 +111,13 @@ class UserDataModule(L.LightningDataModule):
                                pin_memory=self.pin_memory, batches_per_item=group)
 
     def train_dataloader(self):
-        return self._loader(self.splits["train"], train=True)
+        return self.loader("train", train=True)
 
     def val_dataloader(self):
-        return [] if self.splits["val"] is None else self._loader(self.splits["val"], train=False)
+        return [] if self.splits["val"] is None else self.loader("val", train=False)
 
     def test_dataloader(self):
-        return [] if self.test_split is None else self._loader(self.splits[self.test_split], train=False)
+        return [] if self.test_split is None else self.loader(self.test_split, train=False)
 
     def predict_dataloader(self):
         return self.test_dataloader()
