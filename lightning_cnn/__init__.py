@@ -22,6 +22,7 @@ _EXPORTS = {
     "RunConfig": "training", "fit_and_test": "training", "make_trainer": "training",
     "UserError": "errors", "DataError": "data", "UnknownModelError": "specs", "CheckpointError": "errors",
     "UsageError": "errors", "OutputError": "errors", "DivergedError": "errors", "Interrupted": "errors",
+    "Terminated": "errors",
     "WeightsNotFoundError": "pretrained",
     "load_converted": "converted",
 }

@@ -19,6 +19,8 @@ from lightning_cnn.data import CLASS_NAMES, DATASETS, PREPROCESSING, TEST_SIZE, 
 if TYPE_CHECKING:
     from lightning_cnn.specs import ModelSpec
 
+# (H, W, C) of each data set's images, as a Keras model's Input sees them.
+DATASET_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 _PREPROCESS_CHUNK = 5_000  # images converted at a time, so the float32 NHWC copy never exists in full
 
 
@@ -215,6 +217,17 @@ class ArrayDataModule(L.LightningDataModule):
                         validation_split=recipe.validation_split, train_subset=recipe.train_subset,
                         validation_test_head=recipe.validation_test_head)
         return cls(**{**settings, **overrides})
+
+    @property
+    def input_shape(self) -> tuple:
+        """(H, W, C) of the images, as a Keras model's Input sees them."""
+        return DATASET_SHAPES[self.dataset]
+
+    @property
+    def has_validation(self) -> bool:
+        if self.splits is not None:
+            return self.splits["val"] is not None
+        return bool(self.validation_split or self.validation_test_head)
 
     def _load(self):
         return load_dataset(self.dataset, self.data_dir, download=self.download,

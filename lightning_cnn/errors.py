@@ -5,7 +5,8 @@ an output folder that is read-only, full or in use) raises a subclass of ``UserE
 complete line naming the problem and the fix. Entry points call ``exit_on_user_error(main)``: such an error becomes
 that line on stderr and exit status 2, no traceback (``--debug`` or ``LIGHTNING_CNN_DEBUG=1`` shows it). A full
 disk or a refused write that surfaces as a plain ``OSError`` is shown the same way, naming the file; Ctrl-C is one
-line too (what was kept, how to continue) and exit status 130.
+line too (what was kept, how to continue) and exit status 130, SIGTERM (``kill``, a cluster's scheduler) likewise
+with exit status 143.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def exit_on_user_error(main: Callable[[Sequence[str] | None], int | None], argv:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Terminated as error:
+        if debug:
+            raise
+        print(f"terminated: {error}", file=sys.stderr)
+        return error.code
     except KeyboardInterrupt as error:
         if debug:
             raise
@@ -81,6 +87,18 @@ def exit_on_user_error(main: Callable[[Sequence[str] | None], int | None], argv:
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C stopped a run; ``str(error)`` says what was kept and how to continue."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM stopped a run; ``str(error)`` says what was kept and how to continue. A ``SystemExit`` with status
+    143 (128 + SIGTERM), so a program that does not catch it ends as a terminated process does."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = 143
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class DivergedError(UserError):

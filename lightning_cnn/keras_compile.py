@@ -21,7 +21,9 @@ Accuracy is argmax agreement (the argmax of probabilities is that of logits).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -29,8 +31,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import UserError
-from .module import StageMetrics
-from .optim import make_keras_optimizer
+from .module import KerasStyleModule
+from .optim import make_keras_optimizer, read_keras_optimizer
+from .predict import TWIN_CHECKPOINT_KEY
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(): Keras clips probabilities to [eps, 1 - eps] before the log
 
@@ -48,7 +51,59 @@ _LOSS_CLASSES = {"SparseCategoricalCrossentropy": "sparse_categorical_crossentro
 
 
 class UnsupportedCompileError(ValueError, UserError):
-    """A Keras compile setting (loss, metric) that training the twin does not support."""
+    """A Keras compile setting (loss, metric) that training the twin does not support, or a malformed one."""
+
+
+# model.get_compile_config()'s fields besides optimizer, loss and metrics: what each may hold to train the twin.
+_OTHER_FIELDS = {
+    "loss_weights": lambda v: v in (None, [], {}),
+    "weighted_metrics": lambda v: v in (None, [], {}),
+    "run_eagerly": lambda v: isinstance(v, bool),
+    "jit_compile": lambda v: isinstance(v, bool) or v == "auto",
+    "auto_scale_loss": lambda v: isinstance(v, bool),
+    "steps_per_execution": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+}
+_ACCURACY_NAMES = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy")
+
+
+def _loss_of(loss, where: str) -> tuple[str, bool, float]:
+    """(canonical loss name, from_logits, label_smoothing) of a compile config's loss, every field checked."""
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise UnsupportedCompileError(f"{where}: loss {loss!r} is not supported; supported: {', '.join(LOSSES)}")
+        return LOSSES[loss][0], False, 0.0
+    if not isinstance(loss, dict) or "class_name" not in loss:
+        raise UnsupportedCompileError(f"{where}: loss is {loss!r}; training the twin needs a single-output model "
+                                      "with one loss (a Keras loss name or a serialized loss)")
+    name = _LOSS_CLASSES.get(loss["class_name"])
+    if name is None:
+        raise UnsupportedCompileError(f"{where}: Keras loss {loss['class_name']!r} is not supported; supported: "
+                                      f"{', '.join(_LOSS_CLASSES)} (or their string names)")
+    config = loss.get("config") or {}
+    if not isinstance(config, dict):
+        raise UnsupportedCompileError(f"{where}: loss config is {config!r}; expected an object")
+    from_logits = config.get("from_logits", False)
+    if not isinstance(from_logits, bool):
+        raise UnsupportedCompileError(f"{where}: loss field from_logits is {from_logits!r}; expected true or false")
+    smoothing = config.get("label_smoothing", 0.0) or 0.0
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing <= 1.0:
+        raise UnsupportedCompileError(f"{where}: loss field label_smoothing is {smoothing!r}; expected a number in "
+                                      "[0, 1]")
+    return name, from_logits, float(smoothing)
+
+
+def _metrics_of(metrics, where: str) -> tuple:
+    if metrics is None:
+        return ("accuracy",)
+    if not isinstance(metrics, list):
+        raise UnsupportedCompileError(f"{where}: metrics is {metrics!r}; expected a list such as [\"accuracy\"]")
+    names = tuple(m if isinstance(m, str) else m.get("class_name") if isinstance(m, dict) else repr(m)
+                  for m in metrics)
+    unknown = [m for m in names if not isinstance(m, str) or m.lower() not in _ACCURACY_NAMES]
+    if unknown:
+        raise UnsupportedCompileError(f"{where}: metrics {unknown} are not supported; the twin reports loss and "
+                                      "accuracy")
+    return names or ("accuracy",)
 
 
 @dataclass(frozen=True)
@@ -62,38 +117,42 @@ class KerasCompile:
     metrics: tuple = field(default_factory=lambda: ("accuracy",))
 
     @classmethod
-    def from_config(cls, config: dict | None) -> KerasCompile:
-        """From ``model.get_compile_config()`` (or ``compile.json``); None (never compiled): Keras's Adam and
-        sparse categorical cross-entropy on the model's output (probabilities unless it ends without softmax)."""
+    def from_config(cls, config: dict | None, where: str = "the compile config") -> KerasCompile:
+        """From ``model.get_compile_config()`` (or ``compile.json``), every field checked (types, ranges, names:
+        an ``UserError`` naming ``where`` and the field); None (never compiled): Keras's Adam and sparse categorical
+        cross-entropy on the model's output (probabilities unless it ends without softmax)."""
+        if config is None:
+            return cls()
+        if not isinstance(config, dict):
+            raise UnsupportedCompileError(f"{where}: expected an object of model.compile settings "
+                                          f"(model.get_compile_config()), found a {type(config).__name__}")
+        known = {"optimizer", "loss", "metrics", *_OTHER_FIELDS}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise UnsupportedCompileError(f"{where}: unknown field {unknown[0]!r}; a Keras compile config has "
+                                          f"{', '.join(sorted(known))}")
+        for key, valid in _OTHER_FIELDS.items():
+            if key in config and not valid(config[key]):
+                raise UnsupportedCompileError(f"{where}: field {key} is {config[key]!r}, which training the twin "
+                                              "does not support (single-output models; no weighted metrics)")
         if not config:
             return cls()
-        loss = config.get("loss")
-        if isinstance(loss, (list, dict)) and not (isinstance(loss, dict) and "class_name" in loss):
-            raise UnsupportedCompileError(f"the model has one loss per output ({loss!r}); training the twin "
-                                          "supports a single-output model with one loss")
-        if config.get("loss_weights"):
-            raise UnsupportedCompileError("loss_weights are not supported (single-output models only)")
-        from_logits, smoothing = False, 0.0
-        if isinstance(loss, dict):
-            loss_config = loss.get("config") or {}
-            name = _LOSS_CLASSES.get(loss.get("class_name"))
-            from_logits = bool(loss_config.get("from_logits", False))
-            smoothing = float(loss_config.get("label_smoothing", 0.0) or 0.0)
-            if name is None:
-                raise UnsupportedCompileError(f"Keras loss {loss.get('class_name')!r} is not supported; supported: "
-                                              f"{', '.join(_LOSS_CLASSES)} (or their string names)")
-        elif isinstance(loss, str) and loss in LOSSES:
-            name = LOSSES[loss][0]
-        else:
-            raise UnsupportedCompileError(f"Keras loss {loss!r} is not supported; supported: {', '.join(LOSSES)}")
-        metrics = tuple(m if isinstance(m, str) else (m or {}).get("class_name", str(m))
-                        for m in (config.get("metrics") or ["accuracy"]))
-        unknown = [m for m in metrics if m.lower() not in ("accuracy", "acc", "sparse_categorical_accuracy",
-                                                           "categorical_accuracy")]
-        if unknown:
-            raise UnsupportedCompileError(f"metrics {unknown} are not supported; the twin reports loss and accuracy")
-        return cls(optimizer=config.get("optimizer") or "adam", loss=name, from_logits=from_logits,
-                   label_smoothing=smoothing, metrics=metrics)
+        loss, from_logits, smoothing = _loss_of(config.get("loss", "sparse_categorical_crossentropy"), where)
+        optimizer = config.get("optimizer") or "adam"
+        read_keras_optimizer(optimizer, where)  # refused now, not at the first training step
+        return cls(optimizer=optimizer, loss=loss, from_logits=from_logits, label_smoothing=smoothing,
+                   metrics=_metrics_of(config.get("metrics"), where))
+
+    @classmethod
+    def from_file(cls, path: Path) -> KerasCompile:
+        """From a converted folder's ``compile.json``: JSON only, every field checked when read."""
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UnsupportedCompileError(f"{path}: not valid JSON ({error}); restore the file python -m "
+                                          "keras_ref.convert wrote, or delete it to train with Keras's "
+                                          "defaults") from None
+        return cls.from_config(config, str(path))
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         return make_keras_optimizer(params, self.optimizer)
@@ -185,46 +244,37 @@ class FinalActivationInput:
         return last_input if last_output is output else None
 
 
-class CompiledTwinModule(L.LightningModule):
-    """Trains ``network`` (NCHW images in, one output per class) with a Keras compile config."""
+class CompiledTwinModule(KerasStyleModule):
+    """Trains ``network`` (NCHW images in, one output per class) with a Keras compile config.
 
-    def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int):
-        super().__init__()
+    ``source`` names the Keras model (its path) in every checkpoint, so that a twin's checkpoint and a documented
+    model's are never mistaken for each other; ``compiled`` and ``steps_per_execution`` as for
+    ``KerasRecipeModule``.
+    """
+
+    def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int, *, source: str = "",
+                 compiled: bool = False, steps_per_execution: int = 1):
+        super().__init__(num_classes, steps_per_execution)
         self.network = network
         self.compile_config = compile_config
+        self.source = source
         self._final_activation = FinalActivationInput(network, compile_config.logits_activations)
-        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(num_classes) for _ in range(3))
+        if compiled:
+            self.network.compile()
 
     def forward(self, x: torch.Tensor | tuple) -> torch.Tensor:
         return self.network(*x) if isinstance(x, tuple) else self.network(x)  # a tuple: one tensor per input
 
-    def _step(self, batch, stage: str):
-        x, y = batch
+    def loss_and_output(self, x, y, stage):
         output = self(x)
-        loss = self.compile_config.loss_value(output, y, self._final_activation.logits_for(output))
-        getattr(self, f"{stage}_metrics").update(loss, output, y)
-        return loss
-
-    def on_train_epoch_start(self):
-        self.train_metrics.log_to(self, "train")
-
-    def on_validation_epoch_start(self):
-        self.val_metrics.log_to(self, "val")
-
-    def on_test_epoch_start(self):
-        self.test_metrics.log_to(self, "test")
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        return self.compile_config.loss_value(output, y, self._final_activation.logits_for(output)), output
 
     def predict_step(self, batch, batch_idx):
         return self(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
     def configure_optimizers(self):
         return self.compile_config.make_optimizer([p for p in self.parameters() if p.requires_grad])
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[TWIN_CHECKPOINT_KEY] = self.source

@@ -76,58 +76,31 @@ class StageMetrics(torch.nn.Module):
         module.log(f"{stage}_samples", self.samples, on_step=False, on_epoch=True)
 
 
-class KerasRecipeModule(L.LightningModule):
-    """Trains ``build_model(model_id)`` with its documented recipe.
+class KerasStyleModule(L.LightningModule):
+    """What every trained module here shares: the loss, accuracy and sample count Keras reports per epoch, Keras's
+    ``steps_per_execution`` and torch's RNG state in checkpoints (dropout draws from it, so a resumed run continues
+    to the same result). Subclasses say how a batch becomes ``(loss, output)`` and which optimizer steps.
 
-    Keras's softmax + (sparse) categorical cross-entropy is ``F.cross_entropy`` on logits: the same quantity for
-    integer and one-hot labels, so the datamodule always supplies integer labels.
-    ``speed`` chooses the speed tricks (``lightning_cnn.speed.Speed``); none changes what is computed, and
-    reported metrics come from ``forward`` unless ``Speed(onednn_evaluation=True)`` is asked for. It is a run
-    setting, not part of the model: checkpoints do not carry it.
-    ``compiled=True`` runs the network through ``torch.compile`` (compiled in place, so parameter names and
-    checkpoints are the eager model's).
-    ``steps_per_execution=k`` is Keras's ``compile(steps_per_execution=k)``: each training step takes a list of
-    up to k batches (``InMemoryLoader(batches_per_item=k)``) and makes one optimizer step per batch, so Lightning's
-    own per-step work is paid once per k batches. The arithmetic, the order and ``global_step`` (optimizer steps)
-    are those of k=1; callbacks' per-batch hooks see one call per list.
+    ``steps_per_execution=k`` is Keras's ``compile(steps_per_execution=k)``: each training step takes a list of up to
+    k batches (``InMemoryLoader(batches_per_item=k)``) and makes one optimizer step per batch, so Lightning's own
+    per-step work is paid once per k batches. The arithmetic, the order and ``global_step`` (optimizer steps) are
+    those of k=1; callbacks' per-batch hooks see one call per list.
     """
 
-    def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None,
-                 compiled: bool = False, steps_per_execution: int = 1, speed: Speed | None = None):
+    def __init__(self, num_classes: int, steps_per_execution: int = 1):
         super().__init__()
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be at least 1, got {steps_per_execution}")
-        self.save_hyperparameters(ignore=["speed"])
-        self.speed = speed or Speed()
         self.automatic_optimization = steps_per_execution == 1  # k > 1: the steps are taken in training_step
-        self.spec = get_spec(model_id)
-        self.model = build_model(model_id, init=init, seed=seed)
-        self.memory_format = self.speed.prepare_network(self.model)
-        if compiled:
-            self.model.compile()
-        self.train_metrics, self.val_metrics, self.test_metrics = (
-            StageMetrics(self.spec.num_classes) for _ in range(3))
-        self._evaluation_network = None  # the speed seam's stand-in for ``forward`` during an evaluation epoch
-        self.speed.prepare_module(self)
+        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(num_classes) for _ in range(3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.contiguous(memory_format=self.memory_format))
-
-    def _evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x) if self._evaluation_network is None else self._evaluation_network(x)
-
-    def _start_evaluation(self):
-        compiled = self.hparams.compiled  # torch.compile has its own fusions; keep what the user asked for
-        self._evaluation_network = None if compiled else self.speed.evaluation_network(self.model, fallback=self)
-
-    def _end_evaluation(self):
-        self._evaluation_network = None  # built from weights that training is about to change
+    def loss_and_output(self, x: torch.Tensor, y: torch.Tensor, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def _step(self, batch, stage: str):
         x, y = batch
-        logits = self(x) if stage == "train" else self._evaluation_logits(x)
-        loss = F.cross_entropy(logits.float(), y)
-        getattr(self, f"{stage}_metrics").update(loss, logits, y)
+        loss, output = self.loss_and_output(x, y, stage)
+        getattr(self, f"{stage}_metrics").update(loss, output, y)
         return loss
 
     def on_train_epoch_start(self):
@@ -135,23 +108,9 @@ class KerasRecipeModule(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self.val_metrics.log_to(self, "val")
-        self._start_evaluation()
 
     def on_test_epoch_start(self):
         self.test_metrics.log_to(self, "test")
-        self._start_evaluation()
-
-    def on_predict_epoch_start(self):
-        self._start_evaluation()
-
-    def on_validation_epoch_end(self):
-        self._end_evaluation()
-
-    def on_test_epoch_end(self):
-        self._end_evaluation()
-
-    def on_predict_epoch_end(self):
-        self._end_evaluation()
 
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
@@ -170,6 +129,77 @@ class KerasRecipeModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+class KerasRecipeModule(KerasStyleModule):
+    """Trains ``build_model(model_id)`` with its documented recipe.
+
+    Keras's softmax + (sparse) categorical cross-entropy is ``F.cross_entropy`` on logits: the same quantity for
+    integer and one-hot labels, so the datamodule always supplies integer labels.
+    ``speed`` chooses the speed tricks (``lightning_cnn.speed.Speed``); none changes what is computed, and
+    reported metrics come from ``forward`` unless ``Speed(onednn_evaluation=True)`` is asked for. It is a run
+    setting, not part of the model: checkpoints do not carry it.
+    ``compiled=True`` runs the network through ``torch.compile`` (compiled in place, so parameter names and
+    checkpoints are the eager model's). ``steps_per_execution``: see ``KerasStyleModule``.
+    """
+
+    def __init__(self, model_id: str = "mnist_cnn_small", init: str = "keras", seed: int | None = None,
+                 compiled: bool = False, steps_per_execution: int = 1, speed: Speed | None = None):
+        spec = get_spec(model_id)
+        super().__init__(spec.num_classes, steps_per_execution)
+        self.save_hyperparameters(ignore=["speed"])
+        self.speed = speed or Speed()
+        self.spec = spec
+        self.model = build_model(model_id, init=init, seed=seed)
+        self.memory_format = self.speed.prepare_network(self.model)
+        if compiled:
+            self.model.compile()
+        self._evaluation_network = None  # the speed seam's stand-in for ``forward`` during an evaluation epoch
+        self.speed.prepare_module(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=self.memory_format))
+
+    def _evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x) if self._evaluation_network is None else self._evaluation_network(x)
+
+    def _start_evaluation(self):
+        compiled = self.hparams.compiled  # torch.compile has its own fusions; keep what the user asked for
+        self._evaluation_network = None if compiled else self.speed.evaluation_network(self.model, fallback=self)
+
+    def _end_evaluation(self):
+        self._evaluation_network = None  # built from weights that training is about to change
+
+    def loss_and_output(self, x, y, stage):
+        logits = self(x) if stage == "train" else self._evaluation_logits(x)
+        return F.cross_entropy(logits.float(), y), logits
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._start_evaluation()
+
+    def on_test_epoch_start(self):
+        super().on_test_epoch_start()
+        self._start_evaluation()
+
+    def on_predict_epoch_start(self):
+        self._start_evaluation()
+
+    def on_validation_epoch_end(self):
+        self._end_evaluation()
+
+    def on_test_epoch_end(self):
+        self._end_evaluation()
+
+    def on_predict_epoch_end(self):
+        self._end_evaluation()
+
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return torch.softmax(self._evaluation_logits(x).float(), dim=1)
@@ -177,11 +207,3 @@ class KerasRecipeModule(L.LightningModule):
     def configure_optimizers(self):
         return make_optimizer([p for p in self.parameters() if p.requires_grad], self.spec.recipe,
                               fused=self.speed.fused_optimizers)
-
-    # Resume must continue to the same result: dropout draws from torch's RNG, so it travels in the checkpoint.
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-
-    def on_load_checkpoint(self, checkpoint):
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])

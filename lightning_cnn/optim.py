@@ -169,25 +169,66 @@ _NEUTRAL_SETTINGS = {"clipnorm": None, "global_clipnorm": None, "clipvalue": Non
                      "centered": False}
 
 
-def make_keras_optimizer(params, keras_config: dict | str) -> torch.optim.Optimizer:
-    """The torch optimizer that takes Keras's steps for a serialized Keras optimizer (dict or a name like "adam")."""
+# Keras optimizer settings and the values that make sense: (lowest, highest, lowest allowed, highest allowed).
+KERAS_OPTIMIZER_RANGES = {
+    "learning_rate": (0.0, math.inf, False, False),
+    "beta_1": (0.0, 1.0, True, False),
+    "beta_2": (0.0, 1.0, True, False),
+    "epsilon": (0.0, math.inf, True, False),
+    "rho": (0.0, 1.0, True, False),
+    "momentum": (0.0, 1.0, True, True),  # Keras's own check for SGD
+    "weight_decay": (0.0, math.inf, True, False),
+}
+_BOOLEAN_SETTINGS = ("nesterov", "amsgrad", "centered", "use_ema")
+
+
+def _interval(low, high, low_in, high_in) -> str:
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def read_keras_optimizer(keras_config, where: str = "the compile config") -> tuple[str, dict]:
+    """(Keras class name, its config) of a serialized Keras optimizer (a dict, or a name like "adam"), every
+    setting checked: the class and its settings must be supported and each value of the right type and range,
+    else an ``UnsupportedOptimizerError`` naming ``where`` and the field."""
     if isinstance(keras_config, str):
         keras_config = {"class_name": {"sgd": "SGD", "adamw": "AdamW", "rmsprop": "RMSprop"}.get(
             keras_config.lower(), keras_config.capitalize()), "config": {}}
+    if not isinstance(keras_config, dict) or not isinstance(keras_config.get("config") or {}, dict):
+        raise UnsupportedOptimizerError(f"{where}: optimizer is {keras_config!r}; expected a Keras optimizer name "
+                                        "or a serialized optimizer (an object with class_name and config)")
     class_name, config = keras_config.get("class_name"), dict(keras_config.get("config") or {})
     if class_name not in KERAS_OPTIMIZER_CLASSES:
         raise UnsupportedOptimizerError(
-            f"Keras optimizer {class_name!r} is not supported for training the twin; supported: "
+            f"{where}: Keras optimizer {class_name!r} is not supported for training the twin; supported: "
             f"{', '.join(KERAS_OPTIMIZER_CLASSES)} (recompile the model with one of them)")
     for key, neutral in _NEUTRAL_SETTINGS.items():
         if config.get(key, neutral) != neutral:
             raise UnsupportedOptimizerError(
-                f"Keras optimizer {class_name} has {key}={config[key]!r}, which is not supported for training the "
-                f"twin (only {key}={neutral!r}); recompile the model without it")
-    if not isinstance(config.get("learning_rate", 0.0), (int, float)):
+                f"{where}: Keras optimizer {class_name} has {key}={config[key]!r}, which is not supported for "
+                f"training the twin (only {key}={neutral!r}); recompile the model without it")
+    if isinstance(config.get("learning_rate"), dict):
         raise UnsupportedOptimizerError(
-            f"Keras optimizer {class_name} has a learning-rate schedule ({config['learning_rate']!r}); only a "
-            "constant learning rate is supported (use a Lightning LR scheduler callback for schedules)")
+            f"{where}: Keras optimizer {class_name} has a learning-rate schedule ({config['learning_rate']!r}); "
+            "only a constant learning rate is supported (use a Lightning LR scheduler callback for schedules)")
+    for key, (low, high, low_in, high_in) in KERAS_OPTIMIZER_RANGES.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                (low < value or (low_in and value == low)) and (value < high or (high_in and value == high))):
+            raise UnsupportedOptimizerError(
+                f"{where}: optimizer field {key} is {value!r}; Keras's {class_name} takes a number in "
+                f"{_interval(low, high, low_in, high_in)} (fix the file, or convert the model again)")
+    for key in _BOOLEAN_SETTINGS:
+        if key in config and not isinstance(config[key], bool):
+            raise UnsupportedOptimizerError(f"{where}: optimizer field {key} is {config[key]!r}; expected true or "
+                                            "false")
+    return class_name, config
+
+
+def make_keras_optimizer(params, keras_config: dict | str) -> torch.optim.Optimizer:
+    """The torch optimizer that takes Keras's steps for a serialized Keras optimizer (dict or a name like "adam")."""
+    class_name, config = read_keras_optimizer(keras_config)
     name, keys = KERAS_OPTIMIZER_CLASSES[class_name]
     args = {key: config[key] for key in keys if config.get(key) is not None}
     nesterov = bool(args.pop("nesterov", False))

@@ -7,6 +7,7 @@ MNIST models (inverted when the background is light, since MNIST digits are whit
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,14 @@ from .data import preprocess
 from .errors import CheckpointError
 from .models import build_model
 from .specs import ModelSpec, UnknownModelError, get_spec, list_models
+
+TWIN_CHECKPOINT_KEY = "keras_model"  # in a --keras-model twin's checkpoints: the Keras model it was trained from
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors in ``state`` that hold a NaN or an inf (a diverged run's weights)."""
+    return [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+            and not bool(torch.isfinite(v).all())]
 
 
 def load_checkpoint_model(path: str | Path, model_id: str | None = None) -> tuple[nn.Module, ModelSpec]:
@@ -33,6 +42,9 @@ def load_checkpoint_model(path: str | Path, model_id: str | None = None) -> tupl
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused or file damaged: both mean "not a checkpoint we can trust"
         raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
+    if isinstance(checkpoint, dict) and checkpoint.get(TWIN_CHECKPOINT_KEY):
+        raise CheckpointError(f"{path} is a checkpoint of the twin of --keras-model {checkpoint[TWIN_CHECKPOINT_KEY]}, "
+                              "not of a documented model: resume it with that --keras-model")
     try:
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         saved_id = (checkpoint.get("hyper_parameters") or {}).get("model_id") or _model_fitting(path, state)
@@ -98,8 +110,7 @@ def _check_architecture(path: Path, model_id: str, expected: dict, found: dict) 
 
 
 def _check_finite(path: Path, state: dict) -> None:
-    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-           and not bool(torch.isfinite(v).all())]
+    bad = non_finite_tensors(state)
     if bad:
         raise CheckpointError(
             f"{path} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
@@ -108,14 +119,21 @@ def _check_finite(path: Path, state: dict) -> None:
 
 
 def load_image(path: str | Path, spec: ModelSpec, invert: str = "auto") -> np.ndarray:
-    """One image file as the uint8 array the model's dataset uses: (28, 28) grayscale or (32, 32, 3) RGB."""
+    """One image file as the uint8 array the model's dataset uses: (28, 28) grayscale or (32, 32, 3) RGB.
+
+    An image declaring more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a small file that
+    would decode to gigabytes) is refused from its header, before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     height, width, channels = spec.input_shape
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice its limit
+            with Image.open(path) as image:
+                image.load()
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(f"cannot read image {path}: refused as a possible decompression bomb ({error})") from None
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from None
     array = np.asarray(image, dtype=np.uint8)

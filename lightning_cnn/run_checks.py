@@ -49,6 +49,20 @@ def check_devices(devices, accelerator: str) -> None:
                          "-1 for all, or auto")
 
 
+# What a launcher that starts one process group across machines sets: torchrun, SLURM's srun, or by hand.
+_MULTI_NODE_LAUNCH = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK")
+
+
+def check_num_nodes(num_nodes: int) -> None:
+    """Several nodes need a launcher on each of them; without one Lightning would wait for the others forever."""
+    if num_nodes < 1:
+        raise UsageError(f"--num-nodes {num_nodes}: use 1 or more machines")
+    if num_nodes > 1 and not any(key in os.environ for key in _MULTI_NODE_LAUNCH):
+        raise UsageError(f"--num-nodes {num_nodes} runs one process group across {num_nodes} machines: start the "
+                         "command on each of them with torchrun or srun (docs/usage.md), or set NODE_RANK, "
+                         "MASTER_ADDR and MASTER_PORT on each")
+
+
 def check_batch_size(batch_size: int | None, train_size: int) -> None:
     """``train_size``: the images one epoch trains on (after the recipe's subset and validation split)."""
     if batch_size is None:

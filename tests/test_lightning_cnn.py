@@ -260,7 +260,7 @@ def test_train_py_compile_flag_trains_and_writes_a_loadable_checkpoint(data_dir,
     from lightning_cnn.predict import load_checkpoint_model
 
     result = script("train.py", "--compile", "--accelerator", "cpu", "--epochs", 1, "--limit-train-batches", 20,
-                    "--limit-val-batches", 2, "--limit-test-batches", 5,
+                    "--limit-test-batches", 5,
                     "--data-dir", data_dir, "--out", tmp_path, "--metrics-json", tmp_path / "metrics.json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["compile"] is True

@@ -4,8 +4,9 @@
     lightning-cnn-predict --checkpoint runs/mnist_cnn_small/checkpoints/best.ckpt --test-indices 0 1 2
 
 (``python scripts/predict.py ...`` is the same command.) Like tutorial 004, each image gets its top class and all
-ten probabilities. An unreadable image is reported by name (exit status 1) and the other images still get their
-answer.
+ten probabilities. An unreadable image (damaged, not an image, or a decompression bomb declaring more pixels than
+PIL's limit) is one ``error:`` line naming it, and the other images still get their answer; the exit status is then
+1 (some answers missing), not 2 (nothing done).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from ..atomic import write_text
 from ..data import CIFAR10_CLASSES, load_dataset
-from ..errors import exit_on_user_error
+from ..errors import UsageError, exit_on_user_error
 from ..predict import load_checkpoint_model, load_image, predict_proba
 
 
@@ -35,6 +37,9 @@ def _main(argv) -> int:
     args = p.parse_args(argv)
     if not args.images and not args.test_indices:
         p.error("give image files and/or --test-indices")
+    if args.json and Path(args.json).is_dir():
+        raise UsageError(f"--json {args.json} is a folder: give a file name, e.g. "
+                         f"{Path(args.json) / 'predictions.json'}")
     model, spec = load_checkpoint_model(args.checkpoint)
     names = list(CIFAR10_CLASSES) if spec.dataset == "cifar10" else [str(i) for i in range(spec.num_classes)]
 

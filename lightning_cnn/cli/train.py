@@ -4,6 +4,7 @@
     lightning-cnn-train --accelerator gpu --precision 16-mixed
     lightning-cnn-train --model mnist_cnn_dropout --devices 2 --strategy ddp --accelerator cpu
     lightning-cnn-train --keras-model my_model.keras --dataset mnist   # your own Keras model, as its PyTorch twin
+    torchrun --nnodes 2 --nproc-per-node 1 ... -m lightning_cnn.cli.train --num-nodes 2 --strategy ddp  # docs/usage.md
 
 (``python scripts/train.py ...`` is the same command.)
 """
@@ -20,24 +21,26 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..atomic import write_text
-from ..errors import exit_on_user_error
+from ..errors import UsageError, exit_on_user_error
 from ..specs import DEFAULT_MODEL, list_models
 from ..training import RunConfig, fit_and_test
 from . import show_library_messages
 
 
 def parse_args(argv=None) -> tuple[RunConfig, str | None]:
-    """The run configuration and the --metrics-json path (``config.keras_model``: see --keras-model)."""
+    """The run configuration and the --metrics-json path."""
     p = argparse.ArgumentParser(prog="lightning-cnn-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keras-model", metavar="PATH", help="train this Keras model's PyTorch twin instead of --model: "
                    "a folder from python -m keras_ref.convert (no TensorFlow needed) or a .keras file; its own "
                    "compile config (optimizer, loss) is used; default 1 epoch, batch 32 (docs/converting.md)")
-    p.add_argument("--dataset", choices=["mnist", "fashion_mnist", "cifar10"], help="with --keras-model: the data")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL}); one of: "
-                   + ", ".join(list_models()))
+    p.add_argument("--dataset", choices=["mnist", "fashion_mnist", "cifar10"],
+                   help="the data set (needed with --keras-model; default: the documented model's own)")
+    p.add_argument("--model", help=f"model id (default {DEFAULT_MODEL}); one of: " + ", ".join(list_models()))
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
     p.add_argument("--devices", default="auto", help="number of devices, a list, or 'auto'")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines in one run, each started by torchrun or "
+                   "srun (docs/usage.md); --batch-size is per process")
     p.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn, auto")
     p.add_argument("--precision", default="32-true", choices=["32-true", "16-mixed", "bf16-mixed"])
     p.add_argument("--epochs", type=int, help="default: the recipe's")
@@ -47,13 +50,15 @@ def parse_args(argv=None) -> tuple[RunConfig, str | None]:
     p.add_argument("--fast-dev-run", action="store_true", help="one batch of each stage, as a smoke test")
     p.add_argument("--resume", metavar="PATH", help="checkpoint to continue from (e.g. OUT/checkpoints/last.ckpt)")
     p.add_argument("--metrics-json", metavar="PATH", help="write the final metrics and history as JSON")
+    p.add_argument("--logger", choices=["csv", "tensorboard"], help="also log through Lightning's CSVLogger or "
+                   "TensorBoardLogger into OUT/logs/ (tensorboard: the [tensorboard] extra)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (inductor); pays off on CUDA, "
                    "not on a small CPU (see docs/performance.md)")
     p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
                    help="batches per Lightning step, one optimizer step each (Keras's steps_per_execution): "
                    "the same training, less per-step overhead; progress bar and callbacks count groups")
-    p.add_argument("--init", default="keras", choices=["keras", "torch"], help="initialisers (default: Keras's)")
+    p.add_argument("--init", choices=["keras", "torch"], help="documented models' initialisers (default: Keras's)")
     p.add_argument("--weights", default="auto", help="cifar10_vgg16_transfer: ImageNet weights (.safetensors from "
                    "scripts/convert_vgg16_weights.py, or torchvision's .pth), 'auto' to search the caches, or 'none'")
     p.add_argument("--train-images", metavar="N|all", help="train on the first N training images, or 'all' "
@@ -66,24 +71,20 @@ def parse_args(argv=None) -> tuple[RunConfig, str | None]:
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if args[key] is not None and args[key] >= 1:
             args[key] = int(args[key])
-    if (args["keras_model"] is None) != (args["dataset"] is None):
-        p.error("--keras-model and --dataset go together")
+    if args["keras_model"] and args["model"]:
+        p.error("give --model (a documented model) or --keras-model (your own), not both")
+    args["model"] = args["model"] or DEFAULT_MODEL
     metrics_json = args.pop("metrics_json")
-    known = {f.name for f in fields(RunConfig)}
-    config = RunConfig(**{k: v for k, v in args.items() if k in known})
-    config.keras_model, config.dataset = args["keras_model"], args["dataset"]
-    return config, metrics_json
+    if metrics_json and Path(metrics_json).is_dir():
+        raise UsageError(f"--metrics-json {metrics_json} is a folder: give a file name, e.g. "
+                         f"{Path(metrics_json) / 'metrics.json'}")
+    return RunConfig(**{k: v for k, v in args.items() if k in {f.name for f in fields(RunConfig)}}), metrics_json
 
 
 def _main(argv) -> int:
     config, metrics_json = parse_args(argv)
     show_library_messages()
-    if config.keras_model:
-        from ..converted_training import run_keras_model
-
-        result = run_keras_model(config, config.keras_model, config.dataset)
-    else:
-        result = fit_and_test(config)
+    result = fit_and_test(config)
     if rank_zero_only.rank == 0:
         partial = f" (first {result['test_samples']:,} test images)" if result["test_is_partial"] else ""
         print(f"Test loss: {result['test_loss']:.4f} - Test accuracy: {100 * result['test_accuracy']:.2f}%"

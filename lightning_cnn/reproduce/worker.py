@@ -33,7 +33,8 @@ def _train_lightning(job: dict, out_json: Path, threads: int) -> dict:
     result = fit_and_test(RunConfig(
         model=spec.id, epochs=job["epochs"], seed=job["seed"], data_dir=job["data_dir"], out=str(run_dir),
         allow_partial_test=job["allow_partial_test"], accelerator=job["accelerator"] or "auto", devices="1",
-        limit_train_batches=limit, limit_val_batches=limit, progress_bar=False))
+        limit_train_batches=limit, progress_bar=False,
+        limit_val_batches=limit if spec.recipe.validation_split or spec.recipe.validation_test_head else None))
     # The final model (what Keras evaluates and what was tested) is the last checkpoint, written every epoch.
     model, _ = load_checkpoint_model(run_dir / "checkpoints" / "last.ckpt")
     _, (x_test, _) = load_dataset(spec.dataset, job["data_dir"], allow_partial_test=job["allow_partial_test"])

@@ -1,0 +1,212 @@
+"""What a run trains and on what data: the seam between a ``RunConfig`` and the run core (``training.fit_and_test``).
+
+``run_model(config)`` is the network and its LightningModule: a documented model built from its spec, or the
+PyTorch twin of the user's Keras model (``config.keras_model``: a folder from ``python -m keras_ref.convert``,
+loaded without TensorFlow, or a ``.keras`` file converted on the fly, which needs the ``[keras]`` extra), with what
+it expects of the data: its input shape and its number of outputs.
+``data_module_for(config, model)`` is where the data module is chosen; every data source is one branch there.
+The run core checks that the data fits the model (``check_data_fits``) and trains whatever the two return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from .datamodule import DATASET_SHAPES, ArrayDataModule
+from .errors import CheckpointError, UsageError, UserError
+from .predict import TWIN_CHECKPOINT_KEY, load_checkpoint_model, non_finite_tensors
+from .specs import ModelSpec, get_spec, with_train_images
+
+TWIN_EPOCHS, TWIN_BATCH_SIZE = 1, 32  # a --keras-model run's defaults: one epoch, Keras's fit() batch size
+
+
+class KerasModelError(ValueError, UserError):
+    """A --keras-model that cannot be trained here (file kind, missing extra, inputs, non-finite weights)."""
+
+
+@dataclass
+class RunModel:
+    """The module a run trains and what it expects: ``input_shape`` (H, W, C) as its Keras input,
+    ``num_classes`` its output width. ``spec`` is the documented model's, None for a Keras model's twin."""
+
+    name: str  # the run's default folder name: the model id, or the Keras model's file name
+    module: L.LightningModule
+    input_shape: tuple
+    num_classes: int
+    epochs: int  # when --epochs is not given
+    batch_size: int  # when --batch-size is not given
+    spec: ModelSpec | None = None
+    report: dict = field(default_factory=dict)  # what the metrics say the model was
+
+
+def run_model(config) -> RunModel:
+    """The model of ``config`` (a ``training.RunConfig``), built and checked, ready to train."""
+    if config.keras_model:
+        return _twin_model(config)
+    from .module import KerasRecipeModule
+
+    spec = documented_spec(config)
+    module = KerasRecipeModule(spec.id, init=config.init or "keras", seed=config.seed, compiled=config.compile,
+                               steps_per_execution=config.steps_per_execution)
+    return RunModel(spec.id, module, tuple(spec.input_shape), spec.num_classes, spec.recipe.epochs,
+                    spec.recipe.batch_size, spec, {"model": spec.id})
+
+
+def documented_spec(config) -> ModelSpec:
+    """The documented model's spec with ``--train-images`` applied."""
+    try:
+        return with_train_images(get_spec(config.model), config.train_images)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def data_module_for(config, model: RunModel) -> L.LightningDataModule:
+    """The data module of the run: THE place a data source is chosen.
+
+    Today: ``--dataset mnist|fashion_mnist|cifar10`` (a documented model's own data set when not given; its recipe's
+    batch size, validation and training subset either way). A data module the core can train exposes, besides the
+    Lightning hooks: ``prepare_data()`` (resolve and validate, before any process starts), ``train_size()`` (images
+    one epoch trains on), ``has_validation``, ``input_shape`` (H, W, C), ``num_classes`` and ``test_is_partial``.
+    """
+    batch = {"batch_size": config.batch_size} if config.batch_size else {}
+    common = dict(data_dir=config.data_dir, seed=config.seed, allow_partial_test=config.allow_partial_test,
+                  steps_per_execution=config.steps_per_execution, **batch)
+    if model.spec is not None:
+        return ArrayDataModule.from_spec(model.spec, **common,
+                                         **({"dataset": config.dataset} if config.dataset else {}))
+    if not config.dataset:
+        raise UsageError(f"--keras-model {config.keras_model}: say what to train it on with --dataset "
+                         f"({', '.join(DATASET_SHAPES)})")
+    subset = None if config.train_images in (None, "all") else _train_images(config.train_images)
+    return ArrayDataModule(config.dataset, train_subset=subset, **{"batch_size": TWIN_BATCH_SIZE, **common})
+
+
+def _train_images(value) -> int:
+    if str(value).isdigit() and int(value) > 0:
+        return int(value)
+    raise UsageError(f"--train-images {value!r}: use a positive number of images or 'all'")
+
+
+def check_data_fits(model: RunModel, data, where: str) -> None:
+    """The data's images have the model's input shape and its classes are the model's outputs, else one line."""
+    if tuple(model.input_shape) != tuple(data.input_shape):
+        raise UsageError(f"{where}: the model's input shape is {tuple(model.input_shape)} (H, W, C) but the data's "
+                         f"images are {tuple(data.input_shape)}; pick data of the model's input shape, or rebuild the "
+                         f"model with keras.Input(shape={tuple(data.input_shape)})")
+    if model.num_classes != data.num_classes:
+        raise UsageError(f"{where}: the model has {model.num_classes} outputs but the data has {data.num_classes} "
+                         f"classes; train it on data with {model.num_classes} classes, or give the model's last layer "
+                         f"{data.num_classes} units")
+
+
+# --- a Keras model's twin -------------------------------------------------------------------------------------------
+
+
+def _twin_model(config) -> RunModel:
+    from .keras_compile import CompiledTwinModule
+
+    twin, compile_config, shape = load_twin(config.keras_model)
+    outputs = _output_width(twin, shape, config.keras_model)
+    module = CompiledTwinModule(twin, compile_config, outputs, source=str(config.keras_model),
+                                compiled=config.compile, steps_per_execution=config.steps_per_execution)
+    report = {"keras_model": str(config.keras_model), "dataset": config.dataset, "loss": compile_config.loss,
+              "optimizer": compile_config.optimizer}
+    return RunModel(Path(config.keras_model).stem, module, shape, outputs, TWIN_EPOCHS, TWIN_BATCH_SIZE,
+                    report=report)
+
+
+def load_twin(path: str | Path) -> tuple[nn.Module, object, tuple]:
+    """(twin, its ``KerasCompile``, its Keras input shape (H, W, C)) from a converted folder or a ``.keras`` file;
+    weights checked finite, the compile config checked field by field."""
+    from .keras_compile import KerasCompile
+
+    path = Path(path)
+    if path.is_dir():
+        from .converted import load_converted
+
+        twin = load_converted(path)
+        compile_file = path / "compile.json"
+        compile_config = KerasCompile.from_file(compile_file) if compile_file.is_file() else KerasCompile()
+        check_finite_weights(twin, path / "weights.safetensors")
+        return twin, compile_config, _single_input_shape(twin, path)
+    if path.suffix != ".keras" or not path.is_file():
+        raise KerasModelError(f"--keras-model {path}: expected a .keras file or a folder written by "
+                              "python -m keras_ref.convert")
+    try:
+        from keras_ref.convert import compile_config_of_file, convert
+        from keras_ref.parity import load_keras_model
+    except ImportError as error:
+        raise KerasModelError(f"--keras-model {path}: converting a .keras file needs TensorFlow and Keras "
+                              f"({error}); install the [keras] extra, or convert it once elsewhere with "
+                              "python -m keras_ref.convert and pass the folder") from None
+    compile_config = KerasCompile.from_config(compile_config_of_file(path), f"{path} (its compile config)")
+    twin = convert(load_keras_model(path))
+    check_finite_weights(twin, path)
+    return twin, compile_config, _single_input_shape(twin, path)
+
+
+def _single_input_shape(twin: nn.Module, path: Path) -> tuple:
+    if len(twin.input_specs) != 1:
+        raise KerasModelError(f"--keras-model {path}: the model has {len(twin.input_specs)} inputs; training on an "
+                              "image data set needs exactly one")
+    return tuple(twin.input_specs[0]["shape"][1:])
+
+
+def check_finite_weights(network: nn.Module, where: str | Path) -> None:
+    """Every floating-point weight finite, else one line naming ``where`` and the first tensors: a Keras model that
+    had diverged (or a damaged file) would otherwise train on NaN and report ``loss: nan``."""
+    bad = non_finite_tensors(network.state_dict())
+    if bad:
+        raise KerasModelError(f"{where} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}): the Keras model it came from had diverged or the "
+                              "file is damaged; convert a model with finite weights")
+
+
+def _output_width(twin: nn.Module, shape: tuple, where) -> int:
+    """The twin's number of outputs (classes), from one forward pass of a zero image of its input shape."""
+    if not all(isinstance(d, int) for d in shape):
+        raise KerasModelError(f"--keras-model {where}: the model's input shape {shape} has free dimensions; "
+                              "training on images needs a fixed (H, W, C) input")
+    height, width, channels = shape
+    with torch.no_grad():
+        output = twin(torch.zeros(1, channels, height, width))
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        raise KerasModelError(f"--keras-model {where}: the model's output is not one vector of class scores per "
+                              "image; training the twin supports a single (batch, classes) output")
+    return int(output.shape[1])
+
+
+def check_resume_checkpoint(path: str, model: RunModel) -> None:
+    """``--resume PATH`` holds a checkpoint of this very model (a documented model's for a documented run, this
+    Keras model's twin for a --keras-model run), whole and finite; else one line saying which it is."""
+    if not Path(path).is_file():
+        raise UsageError(f"--resume {path}: no such checkpoint file")
+    if model.spec is not None:
+        load_checkpoint_model(path, model.spec.id)  # the same model, whole and finite, or a CheckpointError
+        return
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint["state_dict"]
+    except Exception as error:  # unpickling refused, damaged, or no state_dict: not a checkpoint to trust
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(error).strip().splitlines()[0]}") from None
+    if TWIN_CHECKPOINT_KEY not in checkpoint:
+        saved = (checkpoint.get("hyper_parameters") or {}).get("model_id", "a documented model")
+        raise CheckpointError(f"--resume {path} is a checkpoint of the documented model {saved!r}, not of a "
+                              f"--keras-model twin: resume it with --model {saved} (without --keras-model), or "
+                              "pass the twin run's OUT/checkpoints/last.ckpt")
+    expected = {k: tuple(v.shape) for k, v in model.module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if expected != found:
+        differing = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+        raise CheckpointError(f"--resume {path} was written for the twin of {checkpoint[TWIN_CHECKPOINT_KEY]}, "
+                              f"whose weights do not fit --keras-model {model.report['keras_model']} (first "
+                              f"difference: {differing[0]}): pass the checkpoint of a run of this model")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(f"--resume {path} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}): the "
+                              "run that wrote it diverged; resume from an earlier checkpoint")
