@@ -223,6 +223,8 @@ class ArrayDataModule(L.LightningDataModule):
         """(H, W, C) of the images, as a Keras model's Input sees them."""
         return DATASET_SHAPES[self.dataset]
 
+    test_split = "test"  # what the test loader serves (a UserDataModule may have to test on "val" or nothing)
+
     @property
     def has_validation(self) -> bool:
         if self.splits is not None:

@@ -4,7 +4,8 @@
 PyTorch twin of the user's Keras model (``config.keras_model``: a folder from ``python -m keras_ref.convert``,
 loaded without TensorFlow, or a ``.keras`` file converted on the fly, which needs the ``[keras]`` extra), with what
 it expects of the data: its input shape and its number of outputs.
-``data_module_for(config, model)`` is where the data module is chosen; every data source is one branch there.
+``data_module_for(config, model)`` is where the data module is chosen; every data source is one branch there:
+``--data PATH`` (the user's folder of images or .npz, ``user_data``), else a built-in data set.
 The run core checks that the data fits the model (``check_data_fits``) and trains whatever the two return.
 """
 
@@ -21,6 +22,8 @@ from .datamodule import DATASET_SHAPES, ArrayDataModule
 from .errors import CheckpointError, UsageError, UserError
 from .predict import TWIN_CHECKPOINT_KEY, load_checkpoint_model, non_finite_tensors
 from .specs import ModelSpec, get_spec, with_train_images
+from .user_data import UserDataError
+from .user_data.model_inputs import ModelInputs
 
 TWIN_EPOCHS, TWIN_BATCH_SIZE = 1, 32  # a --keras-model run's defaults: one epoch, Keras's fit() batch size
 
@@ -31,8 +34,9 @@ class KerasModelError(ValueError, UserError):
 
 @dataclass
 class RunModel:
-    """The module a run trains and what it expects: ``input_shape`` (H, W, C) as its Keras input,
-    ``num_classes`` its output width. ``spec`` is the documented model's, None for a Keras model's twin."""
+    """The module a run trains and what it expects: ``input_shape`` (H, W, C) as its Keras input (a twin's first
+    input: any rank with --data), ``num_classes`` its output width, ``inputs`` all of its inputs (what --data
+    needs). ``spec`` is the documented model's, None for a Keras model's twin."""
 
     name: str  # the run's default folder name: the model id, or the Keras model's file name
     module: L.LightningModule
@@ -40,6 +44,7 @@ class RunModel:
     num_classes: int
     epochs: int  # when --epochs is not given
     batch_size: int  # when --batch-size is not given
+    inputs: ModelInputs
     spec: ModelSpec | None = None
     report: dict = field(default_factory=dict)  # what the metrics say the model was
 
@@ -54,7 +59,7 @@ def run_model(config) -> RunModel:
     module = KerasRecipeModule(spec.id, init=config.init or "keras", seed=config.seed, compiled=config.compile,
                                steps_per_execution=config.steps_per_execution)
     return RunModel(spec.id, module, tuple(spec.input_shape), spec.num_classes, spec.recipe.epochs,
-                    spec.recipe.batch_size, spec, {"model": spec.id})
+                    spec.recipe.batch_size, ModelInputs.of_spec(spec), spec, {"model": spec.id})
 
 
 def documented_spec(config) -> ModelSpec:
@@ -68,11 +73,32 @@ def documented_spec(config) -> ModelSpec:
 def data_module_for(config, model: RunModel) -> L.LightningDataModule:
     """The data module of the run: THE place a data source is chosen.
 
-    Today: ``--dataset mnist|fashion_mnist|cifar10`` (a documented model's own data set when not given; its recipe's
-    batch size, validation and training subset either way). A data module the core can train exposes, besides the
-    Lightning hooks: ``prepare_data()`` (resolve and validate, before any process starts), ``train_size()`` (images
-    one epoch trains on), ``has_validation``, ``input_shape`` (H, W, C), ``num_classes`` and ``test_is_partial``.
+    ``--data PATH``: the user's folder of images or .npz (``UserDataModule``), checked against the model's inputs
+    and output width as it is read. Else ``--dataset mnist|fashion_mnist|cifar10`` (a documented model's own data
+    set when not given; its recipe's batch size, validation and training subset either way). A data module the core
+    can train exposes, besides the Lightning hooks: ``prepare_data()`` (resolve and validate, before any process
+    starts), ``train_size()`` (images one epoch trains on), ``has_validation``, ``input_shape`` (H, W, C),
+    ``num_classes`` and ``test_is_partial``.
     """
+    if config.data:
+        from .user_data.datamodule import UserDataModule
+
+        if config.dataset:
+            raise UsageError(f"--data {config.data} and --dataset {config.dataset}: give your own data or a "
+                             "built-in data set, not both")
+
+        return UserDataModule(config.data, model.inputs, batch_size=config.batch_size or model.batch_size,
+                              validation_split=config.validation_split, seed=config.seed,
+                              image_size=config.image_size, rescale=config.rescale, workers=config.workers,
+                              steps_per_execution=config.steps_per_execution)
+    if config.validation_split or config.image_size or config.rescale != "auto" or config.workers is not None:
+        flags = [flag for flag, given in (("--validation-split", config.validation_split),
+                                          ("--image-size", config.image_size),
+                                          ("--rescale", config.rescale != "auto"),
+                                          ("--workers", config.workers is not None)) if given]
+        raise UsageError(f"{', '.join(flags)}: for --data PATH (your own data); the built-in data sets are split "
+                         "and scaled as their documents say: leave them out, or give --data")
+    _check_image_model(model, config)
     batch = {"batch_size": config.batch_size} if config.batch_size else {}
     common = dict(data_dir=config.data_dir, seed=config.seed, allow_partial_test=config.allow_partial_test,
                   steps_per_execution=config.steps_per_execution, **batch)
@@ -110,19 +136,36 @@ def check_data_fits(model: RunModel, data, where: str) -> None:
 def _twin_model(config) -> RunModel:
     from .keras_compile import CompiledTwinModule
 
-    twin, compile_config, shape = load_twin(config.keras_model)
-    outputs = _output_width(twin, shape, config.keras_model)
-    module = CompiledTwinModule(twin, compile_config, outputs, source=str(config.keras_model),
+    twin, compile_config = load_twin(config.keras_model)
+    try:
+        inputs = ModelInputs.of_twin(twin)
+    except UserDataError as error:
+        raise KerasModelError(f"--keras-model {config.keras_model}: {error}") from None
+    module = CompiledTwinModule(twin, compile_config, inputs.output_width, source=str(config.keras_model),
                                 compiled=config.compile, steps_per_execution=config.steps_per_execution)
-    report = {"keras_model": str(config.keras_model), "dataset": config.dataset, "loss": compile_config.loss,
-              "optimizer": compile_config.optimizer}
-    return RunModel(Path(config.keras_model).stem, module, shape, outputs, TWIN_EPOCHS, TWIN_BATCH_SIZE,
-                    report=report)
+    report = {"keras_model": str(config.keras_model), "dataset": config.dataset, "data": config.data,
+              "loss": compile_config.loss, "optimizer": compile_config.optimizer}
+    return RunModel(Path(config.keras_model).stem, module, inputs.inputs[0].shape, inputs.output_width,
+                    TWIN_EPOCHS, TWIN_BATCH_SIZE, inputs, report=report)
 
 
-def load_twin(path: str | Path) -> tuple[nn.Module, object, tuple]:
-    """(twin, its ``KerasCompile``, its Keras input shape (H, W, C)) from a converted folder or a ``.keras`` file;
-    weights checked finite, the compile config checked field by field."""
+def _check_image_model(model: RunModel, config) -> None:
+    """A built-in data set feeds one fixed-size (H, W, C) image input."""
+    if model.spec is not None:
+        return
+    specs = model.inputs.inputs
+    if len(specs) != 1:
+        raise KerasModelError(f"--keras-model {config.keras_model}: the model has {len(specs)} inputs; training on "
+                              "a built-in image data set needs exactly one (give your data with --data FILE.npz)")
+    if len(specs[0].shape) != 3 or not all(isinstance(d, int) for d in specs[0].shape):
+        raise KerasModelError(f"--keras-model {config.keras_model}: the model's input shape {specs[0].shape} is not "
+                              "a fixed (H, W, C) image; the built-in data sets are images: give your data with "
+                              "--data")
+
+
+def load_twin(path: str | Path) -> tuple[nn.Module, object]:
+    """(twin, its ``KerasCompile``) from a converted folder or a ``.keras`` file; weights checked finite, the
+    compile config checked field by field."""
     from .keras_compile import KerasCompile
 
     path = Path(path)
@@ -133,7 +176,7 @@ def load_twin(path: str | Path) -> tuple[nn.Module, object, tuple]:
         compile_file = path / "compile.json"
         compile_config = KerasCompile.from_file(compile_file) if compile_file.is_file() else KerasCompile()
         check_finite_weights(twin, path / "weights.safetensors")
-        return twin, compile_config, _single_input_shape(twin, path)
+        return twin, compile_config
     if path.suffix != ".keras" or not path.is_file():
         raise KerasModelError(f"--keras-model {path}: expected a .keras file or a folder written by "
                               "python -m keras_ref.convert")
@@ -147,14 +190,7 @@ def load_twin(path: str | Path) -> tuple[nn.Module, object, tuple]:
     compile_config = KerasCompile.from_config(compile_config_of_file(path), f"{path} (its compile config)")
     twin = convert(load_keras_model(path))
     check_finite_weights(twin, path)
-    return twin, compile_config, _single_input_shape(twin, path)
-
-
-def _single_input_shape(twin: nn.Module, path: Path) -> tuple:
-    if len(twin.input_specs) != 1:
-        raise KerasModelError(f"--keras-model {path}: the model has {len(twin.input_specs)} inputs; training on an "
-                              "image data set needs exactly one")
-    return tuple(twin.input_specs[0]["shape"][1:])
+    return twin, compile_config
 
 
 def check_finite_weights(network: nn.Module, where: str | Path) -> None:
@@ -165,20 +201,6 @@ def check_finite_weights(network: nn.Module, where: str | Path) -> None:
         raise KerasModelError(f"{where} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}"
                               f"{' ...' if len(bad) > 3 else ''}): the Keras model it came from had diverged or the "
                               "file is damaged; convert a model with finite weights")
-
-
-def _output_width(twin: nn.Module, shape: tuple, where) -> int:
-    """The twin's number of outputs (classes), from one forward pass of a zero image of its input shape."""
-    if not all(isinstance(d, int) for d in shape):
-        raise KerasModelError(f"--keras-model {where}: the model's input shape {shape} has free dimensions; "
-                              "training on images needs a fixed (H, W, C) input")
-    height, width, channels = shape
-    with torch.no_grad():
-        output = twin(torch.zeros(1, channels, height, width))
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        raise KerasModelError(f"--keras-model {where}: the model's output is not one vector of class scores per "
-                              "image; training the twin supports a single (batch, classes) output")
-    return int(output.shape[1])
 
 
 def check_resume_checkpoint(path: str, model: RunModel) -> None:

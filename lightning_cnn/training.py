@@ -60,6 +60,11 @@ class RunConfig:
     model: str = DEFAULT_MODEL
     keras_model: str | None = None  # a converted folder or a .keras file: train its twin instead of ``model``
     dataset: str | None = None  # mnist, fashion_mnist or cifar10; None: the documented model's own
+    data: str | None = None  # the user's own data: a folder of class subfolders of images, or an .npz (user_data)
+    validation_split: float = 0.0  # --data: Keras's (a folder: image_dataset_from_directory's; an .npz: fit()'s)
+    image_size: tuple | None = None  # --data folder: (H, W) for a model that takes any size
+    rescale: str = "auto"  # --data: "auto", "1/255" or "none" (user_data.model_inputs.ModelInputs.preprocessing)
+    workers: int | None = None  # --data folder: DataLoader worker processes decoding images; None: cores - 1
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1  # machines of one run (torchrun / SLURM start the processes on each; docs/usage.md)
@@ -255,7 +260,9 @@ def _fit_and_test(config: RunConfig, model: RunModel, data, out: Path) -> dict:
     _run_stage(trainer, out, trainer.fit, model.module, datamodule=data, ckpt_path=config.resume)
     fit_seconds = time.perf_counter() - started
     train_samples = int(trainer.callback_metrics.get("train_samples", torch.tensor(0)).item())  # before test resets
-    test = _run_stage(trainer, out, trainer.test, model.module, datamodule=data, verbose=False)[0]
+    test = {"test_loss": None, "test_acc": None, "test_samples": 0}  # --data without held-out data
+    if data.test_split is not None:
+        test = _run_stage(trainer, out, trainer.test, model.module, datamodule=data, verbose=False)[0]
     return {
         **model.report,
         "framework": "lightning",
@@ -265,6 +272,7 @@ def _fit_and_test(config: RunConfig, model: RunModel, data, out: Path) -> dict:
         "test_accuracy": test["test_acc"],
         "test_samples": int(test["test_samples"]),
         "test_is_partial": bool(data.test_is_partial),
+        "test_split": data.test_split,  # "test"; "val" for --data with validation but no test data; None: neither
         "history": history.history(),
         "seconds_per_epoch": [row["seconds"] for row in history.rows],
         "fit_seconds": round(fit_seconds, 2),

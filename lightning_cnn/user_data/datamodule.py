@@ -95,6 +95,15 @@ class UserDataModule(L.LightningDataModule):
                  " / ".join(f"{len(s):,} {role}" for role, s in self.splits.items() if s is not None),
                  self.num_classes)
 
+    @property
+    def input_shape(self) -> tuple:
+        """The model's (first) input shape: the data was checked against every input as it was read."""
+        return self.model.inputs[0].shape
+
+    @property
+    def has_validation(self) -> bool:
+        return self.splits["val"] is not None
+
     def train_size(self) -> int:
         return len(self.splits["train"])
 

@@ -17,6 +17,7 @@ from . import UserDataError
 # What --rescale may say; "auto": x/255 for 8-bit pixels unless the model scales its own input (see resolve()).
 RESCALE_CHOICES = ("auto", "1/255", "none")
 KERAS_DEFAULT_IMAGE_SIZE = (256, 256)  # image_dataset_from_directory's image_size, for a model of any size
+FREE_EXTENT = 32  # the size a free (None) dimension gets in the one forward pass that measures the output width
 IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> the PIL mode images are converted to (Keras color_mode)
 
 
@@ -124,7 +125,7 @@ def _output_width(twin: nn.Module, inputs: list[InputSpec]) -> int:
     """The last extent of the twin's output on one all-zero sample (a batch of 2, so BatchNorm in any mode works)."""
     samples = []
     for spec in inputs:
-        shape = [8 if n is None else n for n in spec.shape]
+        shape = [FREE_EXTENT if n is None else n for n in spec.shape]
         if spec.is_image:  # Keras (H, W, C) -> the twin's (C, H, W)
             shape = [shape[2], shape[0], shape[1]]
         samples.append(torch.zeros((2, *shape), dtype=torch.long if spec.integer_ids else torch.float32))
@@ -137,6 +138,7 @@ def _output_width(twin: nn.Module, inputs: list[InputSpec]) -> int:
                             f"({', '.join(str(s.shape) for s in inputs)}): {error}") from None
     finally:
         twin.train(was_training)
-    if isinstance(output, (tuple, list)):
-        raise UserDataError(f"the model has {len(output)} outputs; training on --data needs a single output")
-    return int(output.shape[-1])
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        raise UserDataError("the model's output is not one vector of class scores per sample; training the twin "
+                            "supports a single (batch, classes) output")
+    return int(output.shape[1])
