@@ -256,12 +256,15 @@ def main(argv=None) -> int:
         cmd += [] if args.train and threads in args.train_threads else ["--no-train"]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(threads)}
         print(f"== {threads} thread(s)", flush=True)
-        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
-        lines = done.stdout.splitlines()
-        print("\n".join(ln for ln in lines if not ln.startswith("RESULT ")), flush=True)
-        line = next((ln for ln in lines if ln.startswith("RESULT ")), None)
-        if done.returncode or line is None:
-            print(f"error: the {threads}-thread run failed (exit {done.returncode})", file=sys.stderr)
+        line = None
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) as worker_process:
+            for out_line in worker_process.stdout:  # progress as it comes, the result at the end
+                if out_line.startswith("RESULT "):
+                    line = out_line
+                else:
+                    print(out_line, end="", flush=True)
+        if worker_process.returncode or line is None:
+            print(f"error: the {threads}-thread run failed (exit {worker_process.returncode})", file=sys.stderr)
             return 1
         results.append(json.loads(line[7:]))
     from lightning_cnn.analysis import machine_description

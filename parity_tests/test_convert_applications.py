@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 from keras import layers
+from torch.nn import BatchNorm2d as BatchNorm, Conv2d as Conv  # the twin's stock modules
 
 from keras_ref.convert import compare, convert, copy_weights_to_keras
 from lightning_cnn.converted import prepare_for_inference
 from lightning_cnn.converted.inference import OneDNNConv2d, ScaleShift
-from lightning_cnn.converted.ops import BatchNorm, Conv
 
 from .conftest import _test_split
 
@@ -144,7 +144,7 @@ def test_inference_copy_matches(architecture):
     batch_norms = [m for m in twin.modules() if isinstance(m, BatchNorm)]
     assert not any(isinstance(m, (BatchNorm, Conv)) for m in fast.modules())
     assert len([m for m in fast.modules() if isinstance(m, ScaleShift)]) < max(len(batch_norms), 1)
-    assert any(isinstance(m, OneDNNConv2d) and m.unary[0] != "none" for m in fast.modules())
+    assert any(isinstance(m, OneDNNConv2d) and m.post_op[0] != "none" for m in fast.modules())
     assert all(m.weight.is_contiguous() for m in twin.modules() if isinstance(m, Conv))
     assert_logits_match(model, fast, x, f"{name} prepared for inference")
     plain = prepare_for_inference(twin, onednn=False)
