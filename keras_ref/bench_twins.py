@@ -154,6 +154,28 @@ def training(name, keras_model, twin, steps: int, rounds: int, size: int, data_d
     return record
 
 
+def model_py(keras_model, twin):
+    """The converted folder's model.py for ``keras_model`` (written by the converter), with the twin's weights."""
+    import importlib.util
+    import tempfile
+
+    from lightning_cnn.converted.source import model_source
+
+    from .convert import extract_graph
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.py"
+        path.write_text(model_source(extract_graph(keras_model).graph))
+        spec = importlib.util.spec_from_file_location("converted_model_py", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__
+               and "forward" in vars(v) and v.__name__ not in ("SamePad", "SamePool")]
+    source = classes[-1]()  # the model class is written last, after any helper classes
+    source.load_state_dict(twin.state_dict(), strict=True)
+    return source.eval()
+
+
 def worker(args) -> dict:
     """Every model at one thread count, in this process."""
     from ._tf import load_tensorflow
@@ -182,7 +204,9 @@ def worker(args) -> dict:
         randomize(model)
         twin = convert(model)
         images = real_images(size, args.data_dir, max(args.batches))
-        variants = {"twin": twin, "prepared": prepare_for_inference(twin)}
+        source = model_py(model, twin)
+        variants = {"twin": twin, "model.py": source, "prepared": prepare_for_inference(twin),
+                    "model.py prepared": prepare_for_inference(source)}
         with torch.no_grad():
             expected = model.predict_on_batch(images[:4])
             diffs = {label: float(np.abs(m.eval()(to_twin_input(images[:4])).numpy() - expected).max())
@@ -207,14 +231,16 @@ def render(results: list[dict], command: str, machine: str) -> str:
              "(see keras_ref/bench_twins.py); the machine was shared with other jobs while this ran, so absolute "
              "images/s carry that noise, ratios much less.", "",
              "## Inference (images/s; ratio to Keras `predict_on_batch`)", "",
-             "| model | input | threads | batch | Keras | twin | prepared | twin / Keras | prepared / Keras |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | input | threads | batch | Keras | twin | model.py | prepared | prepared model.py | twin / K "
+             "| model.py / K | prepared / K | prepared model.py / K |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for result in results:
         for r in result["inference"]:
+            labels = ("twin", "model.py", "prepared", "model.py prepared")
             lines.append(f"| {r['model']} | {r['size']} | {result['threads']} | {r['batch']} | "
-                         f"{r['keras_images_per_s']:.1f} | {r['twin_images_per_s']:.1f} | "
-                         f"{r['prepared_images_per_s']:.1f} | {r['twin_vs_keras']:.2f}× | "
-                         f"{r['prepared_vs_keras']:.2f}× |")
+                         f"{r['keras_images_per_s']:.1f} | "
+                         + " | ".join(f"{r[label + '_images_per_s']:.1f}" for label in labels) + " | "
+                         + " | ".join(f"{r[label + '_vs_keras']:.2f}×" for label in labels) + " |")
     training_rows = [(result["threads"], r) for result in results for r in result["training"]]
     if training_rows:
         lines += ["", f"## Training at batch {TRAIN_BATCH} (images/s; Keras `fit` vs the twin through "

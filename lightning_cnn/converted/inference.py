@@ -77,6 +77,13 @@ POST_OPS = {
     F.hardswish: ("hardswish", [], ""), F.gelu: ("gelu", [], "none"),
 }
 _NO_POST_OP = ("none", [], "")
+# Keyword arguments a call may carry at these values and still be the plain op (torch.fx's tracer writes them out).
+ACTIVATION_DEFAULTS = {"inplace": (False,), "approximate": ("none",)}
+PAD_DEFAULTS = {"mode": ("constant",), "value": (None, 0, 0.0)}
+
+
+def _defaults_only(kwargs: dict, defaults: dict) -> bool:
+    return all(key in defaults and value in defaults[key] for key, value in kwargs.items())
 
 
 @dataclass
@@ -173,7 +180,7 @@ class _Rewriter:
 
     def _post_op(self, node) -> tuple | None:
         """The oneDNN post-op for the activation ``node`` applies to its one input, or None."""
-        if node is None or len(node.args) != 1 or node.kwargs:
+        if node is None or len(node.args) != 1 or not _defaults_only(node.kwargs, ACTIVATION_DEFAULTS):
             return None
         if node.op == "call_module":
             return POST_OPS[torch.relu] if type(self._module(node)) is nn.ReLU else None
@@ -219,7 +226,7 @@ class _Rewriter:
         if type(pad) is nn.ZeroPad2d:
             pads = pad.padding
         elif isinstance(source, fx.Node) and source.op == "call_function" and source.target is F.pad and \
-                not source.kwargs and len(source.args) == 2:
+                _defaults_only(source.kwargs, PAD_DEFAULTS) and len(source.args) == 2:
             pads = source.args[1]
         else:
             return source
@@ -281,12 +288,14 @@ def onednn_available(twin: nn.Module) -> bool:
         if t.is_floating_point())
 
 
-def prepare_for_inference(twin: fx.GraphModule, channels_last: bool = True, onednn: bool | None = None
+def prepare_for_inference(model: nn.Module, channels_last: bool = True, onednn: bool | None = None
                           ) -> fx.GraphModule:
-    """The fast inference copy of ``twin`` (see the module docstring); ``onednn`` None: wherever it can be made.
+    """The fast inference copy of ``model`` (see the module docstring): a twin, or any module ``torch.fx`` can
+    trace (a converted folder's ``model.py``); ``onednn`` None: wherever it can be made.
 
-    Inputs stay as the twin takes them (NCHW images); outputs equal the twin's up to float32 summation order.
+    Inputs stay as the model takes them (NCHW images); outputs equal its own up to float32 summation order.
     """
+    twin = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(copy.deepcopy(model).eval())
     if onednn is None:
         onednn = onednn_available(twin)
     if not onednn:
