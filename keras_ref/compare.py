@@ -53,9 +53,13 @@ TOOLS = ("keras_ref.convert", "tf2onnx+onnx2torch", "keras-torch-backend")
 
 
 def build(name: str, size: int, seed: int = 0) -> keras.Model:
-    """The model with random weights and non-trivial BN statistics (variances in [0.5, 2], means ~0.3)."""
+    """The model with random weights and non-trivial BN statistics (``randomize``)."""
     builder, kwargs = MODELS[name]
-    model = getattr(keras.applications, builder)(weights=None, input_shape=(size, size, 3), **kwargs)
+    return randomize(getattr(keras.applications, builder)(weights=None, input_shape=(size, size, 3), **kwargs), seed)
+
+
+def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Every weight random, BN moving statistics away from 0/1 (variances in [0.5, 2], means ~0.3); in place."""
     rng = np.random.default_rng(seed)
     for w in model.weights:
         shape = tuple(w.shape)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 from keras import layers
+from torch.nn import BatchNorm2d as BatchNorm, Conv2d as Conv  # the twin's stock modules
 
 from keras_ref.convert import compare, convert, copy_weights_to_keras
 from lightning_cnn.converted import prepare_for_inference
-from lightning_cnn.converted.ops import BatchNorm, Conv
+from lightning_cnn.converted.inference import OneDNNConv2d, ScaleShift
 
 from .conftest import _test_split
 
@@ -135,13 +136,18 @@ def test_weights_copy_back_to_keras(architecture):
 
 
 def test_inference_copy_matches(architecture):
-    """prepare_for_inference folds each conv->BN pair (fewer modules) and stores conv weights channels-last, on a
-    copy (the twin keeps its BNs and layout); same logits within the same tolerance."""
+    """prepare_for_inference runs every 2-D convolution as one oneDNN call with the BN after it folded in (fewer
+    modules) and its activation fused, on a copy (the twin keeps its BNs, convolutions and layout); same logits
+    within the same tolerance, and the plain BN-folded, channels-last copy (``onednn=False``) too."""
     name, model, twin, x = architecture
     fast = prepare_for_inference(twin)
     batch_norms = [m for m in twin.modules() if isinstance(m, BatchNorm)]
-    assert len([m for m in fast.modules() if isinstance(m, BatchNorm)]) < max(len(batch_norms), 1)
-    convs = [m for m in fast.modules() if isinstance(m, Conv) and m.weight.dim() == 4]
-    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not any(isinstance(m, (BatchNorm, Conv)) for m in fast.modules())
+    assert len([m for m in fast.modules() if isinstance(m, ScaleShift)]) < max(len(batch_norms), 1)
+    assert any(isinstance(m, OneDNNConv2d) and m.post_op[0] != "none" for m in fast.modules())
     assert all(m.weight.is_contiguous() for m in twin.modules() if isinstance(m, Conv))
     assert_logits_match(model, fast, x, f"{name} prepared for inference")
+    plain = prepare_for_inference(twin, onednn=False)
+    convs = [m for m in plain.modules() if isinstance(m, Conv) and m.weight.dim() == 4]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert_logits_match(model, plain, x, f"{name} BN-folded, channels-last")

@@ -8,6 +8,7 @@
     lightning-cnn-bench --steps-per-execution 8   # Keras and Lightning both take 8 optimizer steps per call
     lightning-cnn-bench --accelerator gpu --batch-sizes 32 512 --precision 32-true 16-mixed bf16-mixed \
         --contenders plain_torch lightning                                  # a CUDA machine without TensorFlow
+    lightning-cnn-bench --acceptance     # converted keras.applications twins vs Keras (keras_ref/bench_twins.py)
 
 (``python scripts/bench.py ...`` is the same command.)
 Each (model, batch size, precision, contender) runs in its own process, one after another, so frameworks never
@@ -122,6 +123,14 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def _main(argv) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--acceptance" in argv:  # the twin benchmark has its own options: lightning-cnn-bench --acceptance --help
+        if importlib.util.find_spec("tensorflow") is None:
+            raise UserError("--acceptance compares converted twins with Keras and needs TensorFlow: "
+                            "pip install -e '.[keras]'")
+        from keras_ref.bench_twins import main as bench_twins
+
+        return bench_twins([a for a in argv if a != "--acceptance"])
     p = argparse.ArgumentParser(prog="lightning-cnn-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mnist_cnn_small", "mnist_cnn_tf_tutorial"])
@@ -143,6 +152,8 @@ def _main(argv) -> int:
     p.add_argument("--floor", action="store_true", help="only measure each loop's own per-step cost (no model)")
     p.add_argument("--floor-steps", type=int, default=2000, help=argparse.SUPPRESS)
     p.add_argument("--floor-worker", choices=["plain_torch", "lightning"], help=argparse.SUPPRESS)
+    p.add_argument("--acceptance", action="store_true", help="converted Keras twins vs Keras on the acceptance "
+                   "models (see lightning-cnn-bench --acceptance --help)")
     p.add_argument("--smoke", action="store_true", help="tiny run that only proves the script works (CI)")
     p.add_argument("--out", default="reports/bench.md")
     p.add_argument("--json", metavar="PATH", help="also write the records as JSON")

@@ -1,22 +1,34 @@
-"""A faster inference copy of a twin: BN folded into the convolution before it, weights in channels-last order.
+"""The fast CPU inference copy of a twin: BN folded, convolutions fused with what follows them, in oneDNN.
 
-TensorFlow's graph optimizer folds inference-mode BN into the preceding convolution; eager PyTorch runs BN as a
-separate pass over the activations. ``fuse_for_inference`` does the same folding on a copy of the twin's fx graph.
-``prepare_for_inference`` also stores the 4-D conv weights channels-last: oneDNN then keeps the activations in
-NHWC from the first convolution on (torch follows the weight's memory format), instead of reordering NCHW
-activations in and out of its own layout at every convolution. Both are copies built from the weights as they are
-now (prepare again after training), for eval only: in training mode BN would use batch statistics, which a
-folded conv cannot. The training twin itself is never changed.
+TensorFlow's graph optimizer (grappler's remapper) folds inference-mode BN into the preceding convolution and
+runs conv + bias + activation (and + residual add) as one oneDNN primitive; eager PyTorch runs each of them as a
+separate pass over the activations, and at one thread and batch < 16 sends 1x1 convolutions (and at batch 1 most
+3x3 ones) to its slow im2col kernel instead of oneDNN. ``prepare_for_inference`` does on a copy of the twin's fx
+graph what grappler does: each 2-D convolution becomes one ``OneDNNConv2d`` call of oneDNN's fused convolution
+(``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits on CPU) with its weight reordered
+into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the activation and the
+residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken into the kernel's own
+padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the first convolution on.
+A BN that cannot be folded (after a concatenation, DenseNet's pre-activation BN) becomes one multiply-add, with
+the ReLU after it done in place.
+
+The copy is built from the weights as they are now (prepare again after training), for eval only (a folded conv
+cannot use batch statistics), for float32 on the CPU (``onednn=False`` or a machine without oneDNN: BN folded
+and channels-last weights only, which also runs on a GPU). The training twin itself is never changed.
 """
 
 from __future__ import annotations
 
 import copy
+import operator
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .ops import BatchNorm, Conv
+_CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
 
 
 def _calls(graph: fx.Graph, target: str) -> int:
@@ -28,24 +40,18 @@ def fuse_for_inference(twin: fx.GraphModule) -> fx.GraphModule:
     fused = copy.deepcopy(twin).eval()
     modules = dict(fused.named_modules())
     for node in list(fused.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), BatchNorm):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        source = node.args[0] if node.args else None
+        if bn is None or not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
             continue
-        source = node.args[0]
-        if source.op != "call_module" or len(source.users) != 1 or not isinstance(modules.get(source.target), Conv):
+        conv = modules.get(source.target)
+        if not any(type(conv) is c and type(bn) is b for c, b in _CONV_BN) or not bn.track_running_stats or \
+                _calls(fused.graph, source.target) != 1 or _calls(fused.graph, node.target) != 1:
             continue
-        conv, bn = modules[source.target], modules[node.target]
-        channel_dim = 1 if conv.config["rank"] == 2 else 2
-        if (conv.config["activation"] != "linear" or bn.config["dim"] != channel_dim or
-                _calls(fused.graph, source.target) != 1 or _calls(fused.graph, node.target) != 1):
-            continue
-        with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var + bn.config["eps"])
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
-            bias = shift if conv.bias is None else conv.bias * scale + shift
-            conv.weight.copy_(conv.weight * scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
-            conv.bias = nn.Parameter(bias.clone())
+        folded = fuse_conv_bn_eval(conv, bn)
+        for parameter in folded.parameters():
+            parameter.requires_grad_(False)
+        fused.add_submodule(source.target, folded)
         node.replace_all_uses_with(source)
         fused.graph.erase_node(node)
         fused.delete_submodule(node.target)
@@ -54,10 +60,249 @@ def fuse_for_inference(twin: fx.GraphModule) -> fx.GraphModule:
     return fused
 
 
-def prepare_for_inference(twin: fx.GraphModule, channels_last: bool = True) -> fx.GraphModule:
-    """The fast CPU inference copy of ``twin``: BN folded (``fuse_for_inference``), 4-D weights channels-last.
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference-mode BN as y = x * scale + shift, per channel."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
+    return scale.detach(), shift.detach()
 
-    Inputs stay as the twin takes them (NCHW images); outputs equal the twin's up to float32 summation order.
+
+# The activations the twin writes (call targets, as rules/activations.py emits them) -> oneDNN post-op, scalars,
+# algorithm.
+POST_OPS = {
+    torch.relu: ("relu", [], ""), F.relu: ("relu", [], ""), F.relu6: ("hardtanh", [0.0, 6.0], ""),
+    F.silu: ("swish", [], ""), torch.sigmoid: ("sigmoid", [], ""), torch.tanh: ("tanh", [], ""),
+    F.hardswish: ("hardswish", [], ""), F.gelu: ("gelu", [], "none"),
+}
+_NO_POST_OP = ("none", [], "")
+# Keyword arguments a call may carry at these values and still be the plain op (torch.fx's tracer writes them out).
+ACTIVATION_DEFAULTS = {"inplace": (False,), "approximate": ("none",)}
+PAD_DEFAULTS = {"mode": ("constant",), "value": (None, 0, 0.0)}
+
+
+def _defaults_only(kwargs: dict, defaults: dict) -> bool:
+    return all(key in defaults and value in defaults[key] for key, value in kwargs.items())
+
+
+@dataclass
+class _ConvSpec:
+    """A 2-D convolution as the rewrite sees it: weight (out, in/groups, kh, kw), bias, symmetric padding."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: list
+    dilation: list
+    groups: int
+    padding: list
+    post_op: tuple = _NO_POST_OP
+
+
+def _conv_spec(module: nn.Module) -> _ConvSpec | None:
+    """The 2-D convolution ``module`` computes, or None if it is not one this rewrite takes."""
+    if type(module) is not nn.Conv2d or module.padding_mode != "zeros" or isinstance(module.padding, str):
+        return None
+    return _ConvSpec(module.weight.detach(), None if module.bias is None else module.bias.detach(),
+                     list(module.stride), list(module.dilation), module.groups, list(module.padding))
+
+
+class OneDNNConv2d(nn.Module):
+    """One oneDNN convolution with its weight pre-reordered, bias (BN folded in), and fused post-ops:
+    ``post_op(conv(x) [+ other])``. Inputs: float32 CPU tensors, NCHW or channels-last; output channels-last."""
+
+    def __init__(self, spec: _ConvSpec, add: bool = False):
+        super().__init__()
+        self.stride, self.dilation, self.groups, self.padding = spec.stride, spec.dilation, spec.groups, spec.padding
+        self.kernel_size = list(spec.weight.shape[2:])
+        self.add, self.post_op = add, spec.post_op
+        self.register_buffer("weight", spec.weight.contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", None if spec.bias is None else spec.bias.contiguous())
+        self._packed = (None, None)  # (input size it was reordered for, the weight in oneDNN's blocked layout)
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight reordered for inputs of x's size: oneDNN picks its blocked layout (and kernel) from the
+        input's size, and a weight reordered for another size ran 40x slower here (1x1 conv on 3x3 inputs)."""
+        size, packed = self._packed
+        if size != x.shape[1:]:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, [1, *x.shape[1:]])
+            self._packed = (x.shape[1:], packed)
+        return packed
+
+    def forward(self, x, other=None):
+        x = x.contiguous(memory_format=torch.channels_last)
+        weight = self._packed_weight(x)
+        attr, scalars, algorithm = self.post_op
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, self.padding, self.stride,
+                                                           self.dilation, self.groups, attr, scalars, algorithm)
+        if attr == "none":  # the binary op takes "no unary post-op" as None
+            attr, algorithm = None, None
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other.contiguous(memory_format=torch.channels_last), weight, self.bias, self.padding, self.stride,
+            self.dilation, self.groups, "add", None, attr, scalars, algorithm)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"groups={self.groups}, post_ops={(['add'] if self.add else []) + [self.post_op[0]]}")
+
+
+class ScaleShift(nn.Module):
+    """An unfolded inference BN (x * scale + shift per channel), then optionally a ReLU in place."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, relu: bool):
+        super().__init__()
+        self.register_buffer("scale", scale.reshape(-1, 1, 1).clone())
+        self.register_buffer("shift", shift.reshape(-1, 1, 1).clone())
+        self.relu = relu
+
+    def forward(self, x):
+        y = torch.addcmul(self.shift, x, self.scale)
+        return y.relu_() if self.relu else y
+
+
+class _Rewriter:
+    """Rewrites an eval-mode copy of a twin in place: 2-D convolutions into ``OneDNNConv2d``, the BNs left into
+    ``ScaleShift``. Each node is looked at once, in graph order."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm, self.graph = gm, gm.graph
+        self.modules = dict(gm.named_modules())
+        self.count = 0
+        self.erased: set[fx.Node] = set()
+
+    def _module(self, node) -> nn.Module | None:
+        return self.modules.get(node.target) if isinstance(node, fx.Node) and node.op == "call_module" else None
+
+    def _only_user(self, node) -> fx.Node | None:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    def _post_op(self, node) -> tuple | None:
+        """The oneDNN post-op for the activation ``node`` applies to its one input, or None."""
+        if node is None or len(node.args) != 1 or not _defaults_only(node.kwargs, ACTIVATION_DEFAULTS):
+            return None
+        if node.op == "call_module":
+            return POST_OPS[torch.relu] if type(self._module(node)) is nn.ReLU else None
+        return POST_OPS.get(node.target) if node.op == "call_function" else None
+
+    def _is_add(self, node) -> bool:
+        return (node is not None and node.op == "call_function" and node.target in (operator.add, torch.add)
+                and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
+                and node.args[0] is not node.args[1])
+
+    def _erase(self, node) -> None:
+        self.graph.erase_node(node)
+        self.erased.add(node)
+
+    def _absorb(self, node, into) -> None:
+        """Removes ``node`` (a one-input op now done by ``into``'s module) from the graph."""
+        node.replace_all_uses_with(into)
+        self._erase(node)
+
+    def _replace(self, node, module: nn.Module, args: tuple) -> None:
+        """Puts a call of ``module`` where ``node`` is, and removes ``node``."""
+        self.count += 1
+        name = f"onednn_{self.count}"
+        self.gm.add_module(name, module)
+        with self.graph.inserting_before(node):
+            new = self.graph.call_module(name, args)
+        node.replace_all_uses_with(new)
+        self._erase(node)
+
+    def _fold_bn(self, spec: _ConvSpec, node) -> bool:
+        bn = self._module(node)
+        if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats:
+            return False
+        scale, shift = _bn_scale_shift(bn)
+        spec.weight = spec.weight * scale.reshape(-1, 1, 1, 1)
+        spec.bias = shift if spec.bias is None else spec.bias * scale + shift
+        return True
+
+    def _take_padding(self, spec: _ConvSpec, node) -> fx.Node:
+        """The conv's input; a symmetric zero padding before it (its only use) goes into the kernel's padding."""
+        source = node.args[0]
+        pad = self._module(source)
+        if type(pad) is nn.ZeroPad2d:
+            pads = pad.padding
+        elif isinstance(source, fx.Node) and source.op == "call_function" and source.target is F.pad and \
+                _defaults_only(source.kwargs, PAD_DEFAULTS) and len(source.args) == 2:
+            pads = source.args[1]
+        else:
+            return source
+        if len(source.users) != 1 or len(pads) != 4 or min(pads) < 0 or pads[0] != pads[1] or pads[2] != pads[3]:
+            return source
+        spec.padding = [spec.padding[0] + pads[2], spec.padding[1] + pads[0]]
+        return source.args[0]
+
+    def conv(self, node, spec: _ConvSpec) -> None:
+        x = self._take_padding(spec, node)
+        if self._fold_bn(spec, self._only_user(node)):
+            self._absorb(self._only_user(node), node)
+        post_op = self._post_op(self._only_user(node))
+        if post_op is not None:
+            spec.post_op = post_op
+            self._absorb(self._only_user(node), node)
+            self._replace(node, OneDNNConv2d(spec), (x,))
+            return
+        add = self._only_user(node)
+        if not self._is_add(add):
+            self._replace(node, OneDNNConv2d(spec), (x,))
+            return
+        other = add.args[1] if add.args[0] is node else add.args[0]
+        after = self._post_op(self._only_user(add))
+        if after is not None:
+            spec.post_op = after
+            self._absorb(self._only_user(add), add)
+        self._replace(add, OneDNNConv2d(spec, add=True), (x, other))
+        self._erase(node)
+
+    def lone_bn(self, node, bn: nn.BatchNorm2d) -> None:
+        scale, shift = _bn_scale_shift(bn)
+        after = self._only_user(node)
+        relu = self._post_op(after) == POST_OPS[torch.relu]
+        if relu:
+            self._absorb(after, node)
+        self._replace(node, ScaleShift(scale, shift, relu), (node.args[0],))
+
+    def run(self) -> None:
+        for node in list(self.graph.nodes):
+            if node in self.erased or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+                continue
+            module = self._module(node)
+            spec = _conv_spec(module)
+            if spec is not None:
+                self.conv(node, spec)
+            elif type(module) is nn.BatchNorm2d and module.track_running_stats:
+                self.lone_bn(node, module)
+        self.graph.eliminate_dead_code()
+        self.graph.lint()
+        self.gm.delete_all_unused_submodules()
+        self.gm.recompile()
+
+
+def onednn_available(twin: nn.Module) -> bool:
+    """Whether the oneDNN copy can be made: torch built with oneDNN, every weight float32 on the CPU."""
+    return torch.backends.mkldnn.is_available() and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 for t in [*twin.parameters(), *twin.buffers()]
+        if t.is_floating_point())
+
+
+def prepare_for_inference(model: nn.Module, channels_last: bool = True, onednn: bool | None = None
+                          ) -> fx.GraphModule:
+    """The fast inference copy of ``model`` (see the module docstring): a twin, or any module ``torch.fx`` can
+    trace (a converted folder's ``model.py``); ``onednn`` None: wherever it can be made.
+
+    Inputs stay as the model takes them (NCHW images); outputs equal its own up to float32 summation order.
     """
-    fused = fuse_for_inference(twin)
-    return fused.to(memory_format=torch.channels_last) if channels_last else fused
+    twin = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(copy.deepcopy(model).eval())
+    if onednn is None:
+        onednn = onednn_available(twin)
+    if not onednn:
+        fused = fuse_for_inference(twin)
+        return fused.to(memory_format=torch.channels_last) if channels_last else fused
+    fast = copy.deepcopy(twin).eval()
+    with torch.no_grad():
+        _Rewriter(fast).run()
+    fast.requires_grad_(False)
+    return fast.to(memory_format=torch.channels_last) if channels_last else fast
