@@ -6,7 +6,7 @@
   ``lightning_cnn.load_converted`` reads without TensorFlow), ``parity.json`` (the check that was run) and, for a
   compiled model, ``compile.json``. Written to a temporary folder first: a failed save leaves nothing behind.
 - ``copy_weights_to_keras(twin, keras_model)``: the weights back (fine-tune in PyTorch, check in Keras).
-- CLI: ``python -m keras_ref.convert MODEL.keras --out FOLDER [--inputs x.npz] [--atol 1e-5]``.
+- CLI: ``python -m keras_ref.convert MODEL.keras --out FOLDER [--inputs x.npz] [--atol 1e-6]``.
 
 One rule per Keras layer class (``RULES``): the op it becomes (``lightning_cnn.converted.ops.OPS``), a config
 extractor that refuses what the op cannot reproduce, and its weight mapping in both directions. Layout: rank-4
@@ -40,6 +40,8 @@ from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, Convert
                                            build_twin, python_name)
 from lightning_cnn.converted.ops import ACTIVATIONS  # noqa: E402
 from lightning_cnn.errors import exit_on_user_error  # noqa: E402
+from keras_ref.tolerance import (ATOL, RULE, float64_inputs, float64_twin, max_abs, tolerance,  # noqa: E402
+                                 within)
 
 __all__ = ["convert", "save_converted", "copy_weights_to_keras", "extract_graph", "RULES", "supported_layers",
            "layer_table", "main"]
@@ -755,19 +757,23 @@ def from_twin_output(t: torch.Tensor) -> np.ndarray:
 
 
 def compare(keras_model, twin, inputs: list) -> list[dict]:
-    """Per output: max |Keras - twin| and the largest |Keras output| on ``inputs`` (Keras layout)."""
+    """Per output on ``inputs`` (Keras layout): max |Keras - twin|, the largest |Keras output|, the twin's own
+    float32 error (max |twin - twin in float64|) and the tolerance ``keras_ref.tolerance`` derives from them."""
     expected = keras_model(inputs if len(inputs) > 1 else inputs[0], training=False)
     expected = [keras.ops.convert_to_numpy(e) for e in (expected if isinstance(expected, (list, tuple))
                                                          else [expected])]
+    twin_inputs = [to_twin_input(x) for x in inputs]
     with torch.no_grad():
-        got = twin.eval()(*[to_twin_input(x) for x in inputs])
-    got = [from_twin_output(g) for g in (got if isinstance(got, tuple) else (got,))]
+        got = twin.eval()(*twin_inputs)
+        exact = float64_twin(twin)(*float64_inputs(twin_inputs))
+    got, exact = ([from_twin_output(g) for g in (out if isinstance(out, tuple) else (out,))] for out in (got, exact))
     report = []
-    for name, e, g in zip(_output_names(twin), expected, got):
+    for name, e, g, x in zip(_output_names(twin), expected, got, exact):
         if e.shape != g.shape:
             raise ParityError(f"output {name!r}: shapes differ (Keras {e.shape}, twin {g.shape} in Keras layout)")
-        report.append(dict(output=name, max_abs_diff=float(np.max(np.abs(e - g))),
-                           max_abs_output=float(np.max(np.abs(e)))))
+        entry = dict(output=name, max_abs_diff=max_abs(e, g), max_abs_output=float(np.max(np.abs(e))),
+                     twin_float32_error=max_abs(g, x))
+        report.append(entry | dict(tolerance=tolerance(entry["twin_float32_error"], entry["max_abs_output"])))
     return report
 
 
@@ -810,13 +816,14 @@ def compile_config_of_file(path) -> dict | None:
         return None
 
 
-def save_converted(keras_model, out_dir, inputs=None, atol: float = 1e-5, *, compile_config=None,
+def save_converted(keras_model, out_dir, inputs=None, atol: float = ATOL, *, compile_config=None,
                    n: int = 8, seed: int = 0) -> Path:
     """Convert ``keras_model`` and write the twin's folder (see the module docstring); returns its path.
 
     ``inputs``: real samples in Keras layout (one array, or a list per model input); else ``n`` random ones.
-    parity.json records, per output, max |Δ| and passes when it is within ``atol`` times max(1, the largest
-    |Keras output|). The folder is written even when the check fails (``passed: false``) so it can be inspected.
+    parity.json records, per output, max |Keras - twin|, the twin's own float32 error and the tolerance; it passes
+    under ``keras_ref.tolerance.RULE`` (``atol`` is its floor, relative to max(1, the largest output)). The
+    folder is written even when the check fails (``passed: false``) so it can be inspected.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "graph.json").is_file())):
@@ -833,8 +840,9 @@ def save_converted(keras_model, out_dir, inputs=None, atol: float = 1e-5, *, com
         inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         source = f"{len(inputs[0])} given inputs"
     report = compare(keras_model, twin, [np.asarray(x) for x in inputs])
-    passed = all(r["max_abs_diff"] <= atol * max(1.0, r["max_abs_output"]) for r in report)
-    parity = dict(passed=passed, atol=atol, tolerance_rule="max_abs_diff <= atol * max(1, max_abs_output)",
+    for r in report:
+        r["tolerance"] = tolerance(r["twin_float32_error"], r["max_abs_output"], atol)
+    parity = dict(passed=all(within(r, atol) for r in report), atol=atol, tolerance_rule=RULE,
                   inputs=source, outputs=report, conversion_seconds=round(seconds, 3),
                   versions=dict(keras=keras.__version__, tensorflow=_tf_version(), torch=torch.__version__,
                                 lightning_cnn=lightning_cnn.__version__))
@@ -893,11 +901,14 @@ def main(argv=None) -> int:
         prog="python -m keras_ref.convert",
         description="Convert a Keras model file (loaded with safe_mode=True: Lambda code is never run) to a "
                     "PyTorch twin folder that lightning_cnn.load_converted reads without TensorFlow. Exit 0 when "
-                    "the twin matches Keras within --atol, 1 when it does not, 2 on bad input.")
+                    "the twin matches Keras within the tolerance (keras_ref.tolerance), 1 when it does not, 2 on "
+                    "bad input.")
     parser.add_argument("model", help=".keras or .h5 file")
     parser.add_argument("--out", required=True, help="folder to write (replaced if it is a converted folder)")
     parser.add_argument("--inputs", help=".npz with real samples in Keras layout (one array per model input)")
-    parser.add_argument("--atol", type=float, default=1e-5, help="tolerance, relative to max(1, largest output)")
+    parser.add_argument("--atol", type=float, default=ATOL,
+                        help="floor of the tolerance, relative to max(1, largest output); the tolerance is 4x the "
+                             "twin's own float32 error (against its float64 run) plus this (keras_ref.tolerance)")
     parser.add_argument("-n", type=int, default=8, help="number of random inputs when --inputs is not given")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -912,8 +923,9 @@ def main(argv=None) -> int:
                          n=args.n, seed=args.seed)
     parity = json.loads((out / "parity.json").read_text())
     for r in parity["outputs"]:
-        print(f"{model.name} output {r['output']}: max |Keras - twin| = {r['max_abs_diff']:.3g} "
-              f"(largest |output| {r['max_abs_output']:.3g}, atol {args.atol:g}) on {parity['inputs']}")
+        print(f"{model.name} output {r['output']}: max |Keras - twin| = {r['max_abs_diff']:.3g}, tolerance "
+              f"{r['tolerance']:.3g} (twin's float32 error {r['twin_float32_error']:.3g}, largest |output| "
+              f"{r['max_abs_output']:.3g}, atol {args.atol:g}) on {parity['inputs']}")
     print(f"{'wrote' if parity['passed'] else 'PARITY FAILED; wrote'} {out} "
           f"(converted in {parity['conversion_seconds']:.2f} s)")
     return 0 if parity["passed"] else 1
