@@ -1,16 +1,18 @@
-"""Convert any Keras 3 functional graph to a readable PyTorch twin, save it, and copy weights both ways.
+"""Convert any Keras 3 functional graph to plain PyTorch: a twin of stock modules, its source, weights both ways.
 
-- ``convert(keras_model)``: the twin, a ``torch.fx.GraphModule`` with one named submodule per Keras layer (its
-  ``.code`` reads as the Keras graph), weights copied, in eval mode.
+- ``convert(keras_model)``: the twin, a ``torch.fx.GraphModule`` of stock ``torch.nn`` modules named after the
+  Keras layers (its ``.code`` reads as the Keras graph), weights copied, in eval mode.
 - ``save_converted(keras_model, out_dir)``: ``graph.json`` + ``weights.safetensors`` (what
-  ``lightning_cnn.load_converted`` reads without TensorFlow), ``parity.json`` (the check that was run) and, for a
-  compiled model, ``compile.json``. Written to a temporary folder first: a failed save leaves nothing behind.
+  ``lightning_cnn.load_converted`` reads without TensorFlow), ``model.py`` (the same model as one self-contained
+  PyTorch file: ``from model import load``), ``parity.json`` (the check that was run) and, for a compiled model,
+  ``compile.json``. Written to a temporary folder first: a failed save leaves nothing behind.
 - ``copy_weights_to_keras(twin, keras_model)``: the weights back (fine-tune in PyTorch, check in Keras).
 - CLI: ``python -m keras_ref.convert MODEL.keras --out FOLDER [--inputs x.npz] [--atol 1e-6]``.
 
-One rule per Keras layer class (``RULES``): the op it becomes (``lightning_cnn.converted.ops.OPS``), a config
-extractor that refuses what the op cannot reproduce, and its weight mapping in both directions. Layout: rank-4
-tensors are NHWC in Keras and NCHW in the twin; every other rank keeps Keras's layout (see ``LAYOUT_RULE``).
+The rules (one per layer family: config checks, emitted modules and steps, weight maps both ways) live TF-free in
+``lightning_cnn.converted.rules``; this module walks the Keras graph (which needs TensorFlow) and calls them.
+Layout: rank-4 tensors are NHWC in Keras and NCHW in torch; every other rank keeps Keras's layout
+(``LAYOUT_RULE``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ._tf import load_tensorflow
 
@@ -38,7 +38,8 @@ from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
                                            build_twin, python_name)
-from lightning_cnn.converted.ops import ACTIVATIONS  # noqa: E402
+from lightning_cnn.converted.rules import RULES, Emitter, LayerCall  # noqa: E402
+from lightning_cnn.converted.source import model_source  # noqa: E402
 from lightning_cnn.errors import exit_on_user_error  # noqa: E402
 from keras_ref.tolerance import (ATOL, RULE, float64_inputs, float64_twin, max_abs, tolerance,  # noqa: E402
                                  within)
@@ -47,502 +48,30 @@ __all__ = ["convert", "save_converted", "copy_weights_to_keras", "extract_graph"
            "layer_table", "main"]
 
 
-# --- what one layer call looks like to a rule ------------------------------------------------------------------
-
-
-@dataclass
-class Call:
-    """One call of a Keras layer: shapes in Keras layout (batch None), and the context rules may need."""
-
-    layer: object
-    path: str  # where it is: "outer_model/inner_model/layer"
-    in_shapes: list
-    out_shapes: list
-    flatten_hwc: tuple | None = None  # Dense fed by a Flatten(order='chw') of an (H, W, C) tensor
-
-    @property
-    def kind(self) -> str:
-        return type(self.layer).__name__
-
-    @property
-    def rank(self) -> int:
-        return len(self.in_shapes[0])
-
-    def fail(self, why: str):
-        raise ParityError(f"layer {self.path!r} ({self.kind}): {why}")
-
-
-def twin_dim(axis: int, rank: int) -> int:
-    """The twin's dimension for a Keras axis of a rank-``rank`` tensor (NHWC -> NCHW for rank 4)."""
-    axis = axis % rank
-    return (0, 2, 3, 1)[axis] if rank == 4 else axis
-
-
-def _pairs(value, n) -> list:
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)] * n
-
-
-def _activation(call: Call, fn=None) -> str:
-    fn = fn if fn is not None else call.layer.activation
-    name = getattr(fn, "__name__", None)
-    if name not in ACTIVATIONS:
-        call.fail(f"activation {name or fn!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})")
-    return name
-
-
-def _channels_last(call: Call, cfg: dict):
-    if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
-        call.fail(f"data_format={cfg['data_format']!r}: only channels_last models are supported")
-
-
-def _need_rank(call: Call, *ranks):
-    if call.rank not in ranks:
-        call.fail(f"expects a rank-{'/'.join(map(str, ranks))} input, got shape {call.in_shapes[0]}")
-
-
-# --- config extractors (Keras layer -> op config); each refuses what its op cannot reproduce ---------------------
-
-
-def _conv_config(call: Call, cfg: dict) -> dict:
-    rank = 1 if call.kind == "Conv1D" else 2
-    _need_rank(call, rank + 2)
-    _channels_last(call, cfg)
-    if cfg["padding"] not in ("valid", "same") + (("causal",) if rank == 1 else ()):
-        call.fail(f"padding {cfg['padding']!r} is not supported")
-    kernel = _pairs(cfg["kernel_size"], rank)
-    in_channels = int(call.in_shapes[0][-1])
-    common = dict(kernel_size=kernel, strides=_pairs(cfg["strides"], rank), padding=cfg["padding"],
-                  dilation=_pairs(cfg["dilation_rate"], rank), use_bias=bool(cfg["use_bias"]),
-                  activation=_activation(call))
-    if call.kind == "DepthwiseConv2D":
-        mult = int(cfg["depth_multiplier"])
-        return dict(rank=2, in_channels=in_channels, filters=in_channels * mult, groups=in_channels, **common)
-    if call.kind == "SeparableConv2D":
-        return dict(in_channels=in_channels, filters=int(cfg["filters"]), depth_multiplier=int(cfg["depth_multiplier"]),
-                    **common)
-    return dict(rank=rank, in_channels=in_channels, filters=int(cfg["filters"]), groups=int(cfg.get("groups", 1)),
-                **common)
-
-
-def _conv_transpose_config(call: Call, cfg: dict) -> dict:
-    _need_rank(call, 4)
-    _channels_last(call, cfg)
-    if cfg.get("output_padding") is not None:
-        call.fail("output_padding is not supported")
-    return dict(in_channels=int(call.in_shapes[0][-1]), filters=int(cfg["filters"]),
-                kernel_size=_pairs(cfg["kernel_size"], 2), strides=_pairs(cfg["strides"], 2),
-                padding=cfg["padding"], dilation=_pairs(cfg["dilation_rate"], 2), use_bias=bool(cfg["use_bias"]),
-                activation=_activation(call))
-
-
-def _dense_config(call: Call, cfg: dict) -> dict:
-    return dict(in_features=int(call.in_shapes[0][-1]), units=int(cfg["units"]), use_bias=bool(cfg["use_bias"]),
-                activation=_activation(call))
-
-
-def _one_axis(call: Call, axis) -> int:
-    if isinstance(axis, (list, tuple)):
-        if len(axis) != 1:
-            call.fail(f"normalisation over several axes {axis} is not supported")
-        axis = axis[0]
-    return int(axis)
-
-
-def _batch_norm_config(call: Call, cfg: dict) -> dict:
-    axis = _one_axis(call, cfg["axis"]) % call.rank
-    if axis == 0:
-        call.fail("normalisation over the batch axis is not supported")
-    if cfg.get("renorm") or cfg.get("synchronized"):
-        call.fail("renorm / synchronized batch normalisation is not supported")
-    return dict(num_features=int(call.in_shapes[0][axis]), dim=twin_dim(axis, call.rank), eps=float(cfg["epsilon"]),
-                momentum=1.0 - float(cfg["momentum"]), center=bool(cfg["center"]), scale=bool(cfg["scale"]))
-
-
-def _layer_norm_axes(call: Call) -> list:
-    axis = call.layer.axis
-    axes = sorted({int(a) % call.rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])})
-    if 0 in axes:
-        call.fail("normalisation over the batch axis is not supported")
-    return axes
-
-
-def _layer_norm_config(call: Call, cfg: dict) -> dict:
-    if cfg.get("rms_scaling"):
-        call.fail("rms_scaling=True is not supported")
-    axes = _layer_norm_axes(call)
-    dims = sorted(twin_dim(a, call.rank) for a in axes)
-    twin_shape = [int(call.in_shapes[0][next(a for a in axes if twin_dim(a, call.rank) == d)]) for d in dims]
-    return dict(dims=dims, shape=twin_shape, eps=float(cfg["epsilon"]), center=bool(cfg["center"]),
-                scale=bool(cfg["scale"]))
-
-
-def _pool_config(call: Call, cfg: dict) -> dict:
-    rank = 1 if call.kind.endswith("1D") else 2
-    _need_rank(call, rank + 2)
-    _channels_last(call, cfg)
-    if cfg["padding"] not in ("valid", "same"):
-        call.fail(f"padding {cfg['padding']!r} is not supported")
-    pool = _pairs(cfg["pool_size"], rank)
-    strides = _pairs(cfg["strides"] if cfg["strides"] is not None else cfg["pool_size"], rank)
-    return dict(rank=rank, kind="max" if call.kind.startswith("Max") else "avg", pool_size=pool, strides=strides,
-                padding=cfg["padding"])
-
-
-def _global_pool_config(call: Call, cfg: dict) -> dict:
-    _need_rank(call, 3 if call.kind.endswith("1D") else 4)
-    _channels_last(call, cfg)
-    return dict(kind="avg" if "Average" in call.kind else "max", dims=[2, 3] if call.rank == 4 else [1],
-                keepdims=bool(cfg.get("keepdims", False)))
-
-
-def _pad_config(call: Call, cfg: dict) -> dict:
-    _need_rank(call, 4)
-    _channels_last(call, cfg)
-    if call.kind == "ZeroPadding2D":
-        (top, bottom), (left, right) = call.layer.padding
-        return dict(pads=[int(top), int(bottom), int(left), int(right)])
-    (top, bottom), (left, right) = call.layer.cropping
-    return dict(pads=[-int(top), -int(bottom), -int(left), -int(right)])
-
-
-def _upsample_config(call: Call, cfg: dict) -> dict:
-    _need_rank(call, 4)
-    _channels_last(call, cfg)
-    if cfg["interpolation"] not in ("nearest", "bilinear"):
-        call.fail(f"interpolation {cfg['interpolation']!r} is not supported (nearest, bilinear)")
-    return dict(size=_pairs(cfg["size"], 2), interpolation=cfg["interpolation"])
-
-
-def _flatten_config(call: Call, cfg: dict) -> dict:
-    _channels_last(call, cfg)
-    return dict(order="hwc")  # extract_graph switches it to 'chw' when only Dense layers consume it
-
-
-def _merge_config(call: Call, cfg: dict) -> dict:
-    ranks = {len(s) for s in call.in_shapes}
-    if len(ranks) != 1:
-        call.fail(f"inputs of different ranks {call.in_shapes} (broadcasting across layouts is not supported)")
-    return dict(kind=call.kind.lower())
-
-
-def _concat_config(call: Call, cfg: dict) -> dict:
-    return dict(dim=twin_dim(int(cfg["axis"]), call.rank))
-
-
-def _activation_config(call: Call, cfg: dict) -> dict:
-    dim = twin_dim(-1, call.rank)
-    if call.kind == "Activation":
-        return dict(name=_activation(call), dim=dim)
-    if call.kind == "Softmax":
-        axis = cfg.get("axis", -1)
-        return dict(name="softmax", dim=twin_dim(_one_axis(call, axis), call.rank))
-    if call.kind == "ReLU":
-        max_value = cfg.get("max_value")
-        return dict(name="relu", dim=dim, kwargs=dict(negative_slope=float(cfg.get("negative_slope", 0.0)),
-                                                      max_value=None if max_value is None else float(max_value),
-                                                      threshold=float(cfg.get("threshold", 0.0))))
-    if call.kind == "LeakyReLU":
-        return dict(name="leaky_relu", dim=dim, kwargs=dict(negative_slope=float(cfg["negative_slope"])))
-    return dict(name="elu", dim=dim, kwargs=dict(alpha=float(cfg.get("alpha", 1.0))))  # ELU
-
-
-def _to_twin_array(array: np.ndarray, rank: int) -> np.ndarray:
-    """A constant broadcast against a Keras tensor of ``rank`` (batch axis dropped) in the twin's layout."""
-    array = np.asarray(array, dtype=np.float32)
-    if rank == 4 and array.ndim >= 1:
-        array = array.reshape((1,) * (3 - array.ndim) + array.shape).transpose(2, 0, 1)
-    return np.ascontiguousarray(array)
-
-
-def _from_twin_array(array: np.ndarray, rank: int) -> np.ndarray:
-    return np.ascontiguousarray(array.transpose(1, 2, 0)) if rank == 4 and array.ndim == 3 else array
-
-
-def _prelu_config(call: Call, cfg: dict) -> dict:
-    return dict(shape=list(_to_twin_array(np.zeros(call.layer.alpha.shape), call.rank).shape))
-
-
-def _rescaling_arrays(call: Call):
-    cfg = call.layer.get_config()
-    return _to_twin_array(cfg["scale"], call.rank), _to_twin_array(cfg["offset"], call.rank)
-
-
-def _rescaling_config(call: Call, cfg: dict) -> dict:
-    scale, offset = _rescaling_arrays(call)
-    return dict(kind="rescale", shape=list(np.broadcast_shapes(scale.shape, offset.shape)))
-
-
-def _normalization_config(call: Call, cfg: dict) -> dict:
-    if call.layer.mean is None:
-        call.fail("is not adapted (call adapt() or pass mean/variance) ")
-    mean = keras.ops.convert_to_numpy(call.layer.mean)
-    return dict(kind="normalize", shape=list(_to_twin_array(mean[0], call.rank).shape),
-                epsilon=float(keras.config.epsilon()), invert=bool(cfg.get("invert", False)))
-
-
-def _dropout_config(call: Call, cfg: dict) -> dict:
-    kind = {"GaussianNoise": "noise", "GaussianDropout": "gaussian", "SpatialDropout1D": "spatial",
-            "SpatialDropout2D": "spatial"}.get(call.kind, "dropout")
-    rate = float(cfg["stddev"] if kind == "noise" else cfg["rate"])
-    noise_shape = cfg.get("noise_shape") if kind == "dropout" else None
-    if noise_shape is not None:
-        noise_shape = [None if d is None else int(d) for d in noise_shape]
-        noise_shape = [noise_shape[a] for a in (0, 3, 1, 2)] if len(noise_shape) == 4 else noise_shape
-    return dict(kind=kind, rate=rate, channel_dim=twin_dim(-1, call.rank), noise_shape=noise_shape)
-
-
-def _embedding_config(call: Call, cfg: dict) -> dict:
-    if cfg.get("mask_zero"):
-        call.fail("mask_zero=True is not supported (masking has no twin counterpart)")
-    return dict(input_dim=int(cfg["input_dim"]), output_dim=int(cfg["output_dim"]))
-
-
-def _recurrent_config(call: Call, cfg: dict) -> dict:
-    _need_rank(call, 3)
-    defaults = dict(activation="tanh", recurrent_activation="sigmoid", use_bias=True, return_state=False,
-                    go_backwards=False, stateful=False)
-    if call.kind == "GRU":
-        defaults["reset_after"] = True
-    wrong = {k: cfg.get(k) for k, v in defaults.items() if cfg.get(k, v) != v}
-    if wrong:
-        call.fail(f"{wrong} is not supported (the twin is torch's {call.kind} with Keras's defaults {defaults})")
-    return dict(kind=call.kind.lower(), input_size=int(call.in_shapes[0][-1]), units=int(cfg["units"]),
-                return_sequences=bool(cfg["return_sequences"]))
-
-
-# --- weight mappings: Keras arrays {weight name: array} <-> twin state {parameter name: array} -----------------
-
-
-def _conv_kernel_k2t(kernel):
-    rank = kernel.ndim - 2
-    return kernel.transpose(rank + 1, rank, *range(rank))
-
-
-def _conv_kernel_t2k(weight):
-    rank = weight.ndim - 2
-    return weight.transpose(*range(2, rank + 2), 1, 0)
-
-
-def _depthwise_k2t(kernel):  # (kh, kw, in, mult) -> (in*mult, 1, kh, kw): output channel c*mult + m
-    kh, kw, cin, mult = kernel.shape
-    return kernel.reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None]
-
-
-def _depthwise_t2k(weight, mult):
-    out, _, kh, kw = weight.shape
-    return weight[:, 0].transpose(1, 2, 0).reshape(kh, kw, out // mult, mult)
-
-
-def _conv_k2t(call, w):
-    if call.kind == "DepthwiseConv2D":
-        out = {"weight": _depthwise_k2t(w["kernel"])}
-    elif call.kind == "SeparableConv2D":
-        out = {"depthwise.weight": _depthwise_k2t(w["depthwise_kernel"]),
-               "pointwise.weight": _conv_kernel_k2t(w["pointwise_kernel"])}
-        return out | ({"pointwise.bias": w["bias"]} if "bias" in w else {})
-    else:
-        out = {"weight": _conv_kernel_k2t(w["kernel"])}
-    return out | ({"bias": w["bias"]} if "bias" in w else {})
-
-
-def _conv_t2k(call, t):
-    if call.kind == "DepthwiseConv2D":
-        out = {"kernel": _depthwise_t2k(t["weight"], int(call.layer.depth_multiplier))}
-    elif call.kind == "SeparableConv2D":
-        out = {"depthwise_kernel": _depthwise_t2k(t["depthwise.weight"], int(call.layer.depth_multiplier)),
-               "pointwise_kernel": _conv_kernel_t2k(t["pointwise.weight"])}
-        return out | ({"bias": t["pointwise.bias"]} if "pointwise.bias" in t else {})
-    else:
-        out = {"kernel": _conv_kernel_t2k(t["weight"])}
-    return out | ({"bias": t["bias"]} if "bias" in t else {})
-
-
-def _conv_transpose_k2t(call, w):  # Keras (kh, kw, out, in) -> torch (in, out, kh, kw)
-    return {"weight": w["kernel"].transpose(3, 2, 0, 1)} | ({"bias": w["bias"]} if "bias" in w else {})
-
-
-def _conv_transpose_t2k(call, t):
-    return {"kernel": t["weight"].transpose(2, 3, 1, 0)} | ({"bias": t["bias"]} if "bias" in t else {})
-
-
-def _dense_k2t(call, w):
-    kernel = w["kernel"]
-    if call.flatten_hwc is not None:  # columns from H,W,C (Keras Flatten) to C,H,W (twin Flatten order='chw')
-        h, wd, c = call.flatten_hwc
-        kernel = kernel.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(h * wd * c, -1)
-    return {"weight": kernel.T} | ({"bias": w["bias"]} if "bias" in w else {})
-
-
-def _dense_t2k(call, t):
-    kernel = t["weight"].T
-    if call.flatten_hwc is not None:
-        h, wd, c = call.flatten_hwc
-        kernel = kernel.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(h * wd * c, -1)
-    return {"kernel": kernel} | ({"bias": t["bias"]} if "bias" in t else {})
-
-
-_BN_NAMES = (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
-             ("moving_variance", "running_var"))
-
-
-def _batch_norm_k2t(call, w):
-    return {t: w[k] for k, t in _BN_NAMES if k in w}
-
-
-def _batch_norm_t2k(call, t):
-    return {k: t[tn] for k, tn in _BN_NAMES if tn in t}
-
-
-def _layer_norm_perm(call) -> list:
-    """Axis order taking Keras's gamma (sorted Keras axes) to the twin's (sorted twin dims)."""
-    axes = _layer_norm_axes(call)
-    return sorted(range(len(axes)), key=lambda i: twin_dim(axes[i], call.rank))
-
-
-def _layer_norm_k2t(call, w):
-    perm = _layer_norm_perm(call)
-    return {t: w[k].transpose(perm) for k, t in (("gamma", "weight"), ("beta", "bias")) if k in w}
-
-
-def _layer_norm_t2k(call, t):
-    inverse = np.argsort(_layer_norm_perm(call))
-    return {k: t[tn].transpose(inverse) for k, tn in (("gamma", "weight"), ("beta", "bias")) if tn in t}
-
-
-def _prelu_k2t(call, w):
-    return {"alpha": _to_twin_array(w["alpha"], call.rank)}
-
-
-def _prelu_t2k(call, t):
-    return {"alpha": _from_twin_array(t["alpha"], call.rank)}
-
-
-def _rescaling_k2t(call, w):
-    scale, offset = _rescaling_arrays(call)
-    shape = np.broadcast_shapes(scale.shape, offset.shape)
-    return {"scale": np.broadcast_to(scale, shape), "offset": np.broadcast_to(offset, shape)}
-
-
-def _normalization_k2t(call, w):  # the twin's buffers: scale = mean, offset = variance (broadcast shapes)
-    mean = keras.ops.convert_to_numpy(call.layer.mean)[0]
-    variance = keras.ops.convert_to_numpy(call.layer.variance)[0]
-    return {"scale": _to_twin_array(mean, call.rank), "offset": _to_twin_array(variance, call.rank)}
-
-
-def _normalization_t2k(call, t):
-    shapes = {w.name: tuple(w.shape) for w in call.layer.weights}
-    return {k: _from_twin_array(t[tn], call.rank).reshape(shapes[k])
-            for k, tn in (("mean", "scale"), ("variance", "offset")) if k in shapes}
-
-
-def _embedding_k2t(call, w):
-    return {"weight": w["embeddings"]}
-
-
-def _embedding_t2k(call, t):
-    return {"embeddings": t["weight"]}
-
-
-def _gate_blocks(array, axis, order):
-    blocks = np.split(array, 3, axis=axis)
-    return np.concatenate([blocks[i] for i in order], axis=axis)
-
-
-_GRU_TO_TORCH = (1, 0, 2)  # Keras gates z, r, h -> torch r, z, n (the permutation is its own inverse)
-
-
-def _recurrent_k2t(call, w):
-    kernel, recurrent = w["kernel"], w["recurrent_kernel"]
-    if call.kind == "LSTM":  # gates i, f, c, o on both sides; one Keras bias = torch b_ih + b_hh
-        b_ih, b_hh = w["bias"], np.zeros_like(w["bias"])
-    else:
-        kernel, recurrent = _gate_blocks(kernel, 1, _GRU_TO_TORCH), _gate_blocks(recurrent, 1, _GRU_TO_TORCH)
-        b_ih, b_hh = (_gate_blocks(b, 0, _GRU_TO_TORCH) for b in w["bias"])
-    return {"rnn.weight_ih_l0": kernel.T, "rnn.weight_hh_l0": recurrent.T, "rnn.bias_ih_l0": b_ih,
-            "rnn.bias_hh_l0": b_hh}
-
-
-def _recurrent_t2k(call, t):
-    kernel, recurrent = t["rnn.weight_ih_l0"].T, t["rnn.weight_hh_l0"].T
-    if call.kind == "LSTM":
-        return {"kernel": kernel, "recurrent_kernel": recurrent, "bias": t["rnn.bias_ih_l0"] + t["rnn.bias_hh_l0"]}
-    return {"kernel": _gate_blocks(kernel, 1, _GRU_TO_TORCH), "recurrent_kernel": _gate_blocks(recurrent, 1,
-                                                                                              _GRU_TO_TORCH),
-            "bias": np.stack([_gate_blocks(t[f"rnn.bias_{n}_l0"], 0, _GRU_TO_TORCH) for n in ("ih", "hh")])}
-
-
-def _no_weights(call, arrays):
-    return {}
-
-
-# --- the registry --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How one Keras layer class becomes one twin op, and how its weights go each way."""
-
-    op: str
-    config: Callable[[Call, dict], dict]
-    to_torch: Callable[[Call, dict], dict] = _no_weights
-    to_keras: Callable[[Call, dict], dict] = _no_weights
-
-
-def _rules(names: str, rule: Rule) -> dict:
-    return {name: rule for name in names.split()}
-
-
-RULES: dict[str, Rule] = {
-    **_rules("Conv1D Conv2D DepthwiseConv2D", Rule("conv", _conv_config, _conv_k2t, _conv_t2k)),
-    "SeparableConv2D": Rule("separable_conv", _conv_config, _conv_k2t, _conv_t2k),
-    "Conv2DTranspose": Rule("conv_transpose", _conv_transpose_config, _conv_transpose_k2t, _conv_transpose_t2k),
-    "Dense": Rule("dense", _dense_config, _dense_k2t, _dense_t2k),
-    "BatchNormalization": Rule("batch_norm", _batch_norm_config, _batch_norm_k2t, _batch_norm_t2k),
-    "LayerNormalization": Rule("layer_norm", _layer_norm_config, _layer_norm_k2t, _layer_norm_t2k),
-    **_rules("MaxPooling1D MaxPooling2D AveragePooling1D AveragePooling2D", Rule("pool", _pool_config)),
-    **_rules("GlobalAveragePooling1D GlobalAveragePooling2D GlobalMaxPooling1D GlobalMaxPooling2D",
-             Rule("global_pool", _global_pool_config)),
-    **_rules("ZeroPadding2D Cropping2D", Rule("pad2d", _pad_config)),
-    "UpSampling2D": Rule("upsample2d", _upsample_config),
-    "Flatten": Rule("flatten", _flatten_config),
-    "Reshape": Rule("reshape", lambda call, cfg: dict(target_shape=[int(d) for d in cfg["target_shape"]])),
-    "Permute": Rule("permute", lambda call, cfg: dict(dims=[int(d) for d in cfg["dims"]])),
-    **_rules("Add Subtract Multiply Average Maximum Minimum", Rule("merge", _merge_config)),
-    "Concatenate": Rule("concat", _concat_config),
-    **_rules("Activation ReLU LeakyReLU ELU Softmax", Rule("activation", _activation_config)),
-    "PReLU": Rule("prelu", _prelu_config, _prelu_k2t, _prelu_t2k),
-    "Rescaling": Rule("affine", _rescaling_config, _rescaling_k2t),
-    "Normalization": Rule("affine", _normalization_config, _normalization_k2t, _normalization_t2k),
-    **_rules("Dropout SpatialDropout1D SpatialDropout2D GaussianNoise GaussianDropout",
-             Rule("dropout", _dropout_config)),
-    "Embedding": Rule("embedding", _embedding_config, _embedding_k2t, _embedding_t2k),
-    **_rules("LSTM GRU", Rule("recurrent", _recurrent_config, _recurrent_k2t, _recurrent_t2k)),
-}
-
-
 def supported_layers() -> dict[str, str]:
-    """Keras layer class -> twin op."""
-    return {name: rule.op for name, rule in sorted(RULES.items())}
+    """Keras layer class -> the rule family (file of ``lightning_cnn.converted.rules``) that converts it."""
+    return {name: type(rule).__module__.rsplit(".", 1)[-1] for name, rule in sorted(RULES.items())}
 
 
 def layer_table() -> str:
-    """The Markdown table of docs/converting.md (a test keeps the two identical): twin op -> Keras classes."""
-    by_op: dict[str, list] = {}
-    for name, op in supported_layers().items():
-        by_op.setdefault(op, []).append(f"`{name}`")
-    lines = ["| twin op (`lightning_cnn.converted.ops.OPS`) | Keras layer classes |", "|---|---|"]
-    return "\n".join(lines + [f"| `{op}` | {', '.join(names)} |" for op, names in sorted(by_op.items())])
+    """The Markdown table of docs/converting.md (a test keeps the two identical): family -> Keras classes."""
+    by_family: dict[str, list] = {}
+    for name, family in supported_layers().items():
+        by_family.setdefault(family, []).append(f"`{name}`")
+    lines = ["| rule family (`lightning_cnn/converted/rules/`) | Keras layer classes |", "|---|---|"]
+    return "\n".join(lines + [f"| `{family}.py` | {', '.join(names)} |" for family, names in sorted(by_family.items())])
 
 
 # --- walking the Keras graph -------------------------------------------------------------------------------------
 
 
-@dataclass
 class Extraction:
-    """graph.json's content plus, per twin module, the Keras layer and the call its weight rules need."""
+    """graph.json's content plus, per Keras layer, the LayerCall its weight maps need (its first call)."""
 
-    graph: dict
-    modules: dict = field(default_factory=dict)  # module name -> Call (its first call)
+    def __init__(self):
+        self.graph: dict = {}
+        self.calls: dict = {}  # id(layer) -> LayerCall
+        self.sequence: list = []  # [(LayerCall, input value names, output value name)], one per Keras call
 
 
 def _shape(shape) -> list:
@@ -558,16 +87,11 @@ def _graph_of(model):
     return graph
 
 
-def extract_graph(model) -> Extraction:
-    """Walk ``model`` (nested models inlined, in dependency order) into graph.json's structure; ParityError for
-    anything the twin cannot reproduce, before anything is built."""
-    if not isinstance(model, keras.Model):
-        raise ParityError(f"expected a Keras model, got {type(model).__name__}")
-    taken: set = set()
-    ext = Extraction(graph={})
-    module_of: dict[int, str] = {}  # id(layer) -> module name
-    modules, nodes = [], []
-    consumers: dict[str, list] = {}  # value name -> node dicts that read it
+def _trace(model, taken: set) -> tuple[list, list, list]:
+    """(inputs, [(LayerCall, input value names, output value name)] in dependency order, outputs); nested models
+    are inlined. A layer called twice shares one LayerCall (one set of modules)."""
+    calls: dict[int, LayerCall] = {}
+    sequence = []
 
     def trace(submodel, input_values: list, prefix: str) -> list:
         graph = _graph_of(submodel)
@@ -588,29 +112,26 @@ def extract_graph(model) -> Extraction:
         return [env[id(t)] for t in graph.outputs]
 
     def layer_call(layer, path, node, ins):
-        kind = type(layer).__name__
-        call = Call(layer, path, [_shape(t.shape) for t in node.input_tensors],
-                    [_shape(t.shape) for t in node.output_tensors])
+        in_shapes = [_shape(t.shape) for t in node.input_tensors]
+        call = LayerCall(layer, path, "", in_shapes, [_shape(t.shape) for t in node.output_tensors],
+                         epsilon=float(keras.config.epsilon()))
         if not isinstance(layer, keras.layers.Layer):
             call.fail("a raw keras.ops operation in the graph is not supported; use the equivalent layer")
-        rule = RULES.get(kind)
-        if rule is None:
-            call.fail(f"unsupported layer for the converter (supported: {', '.join(sorted(RULES))})")
+        if type(layer).__name__ not in RULES:
+            call.fail(f"unsupported layer for the converter (supported: {', '.join(sorted(RULES))}); add a rule "
+                      "in lightning_cnn/converted/rules/ or replace the layer")
         if len(node.output_tensors) != 1:
             call.fail(f"returns {len(node.output_tensors)} tensors; only single-output layers are supported")
-        config = rule.config(call, layer.get_config())
-        if id(layer) not in module_of:
-            name = python_name(path.replace("/", "__"), taken)
-            module_of[id(layer)] = name
-            ext.modules[name] = call
-            modules.append(dict(name=name, op=rule.op, config=config, keras_class=kind, keras_path=path))
-        elif ext.modules[module_of[id(layer)]].in_shapes != call.in_shapes:
-            call.fail("is called on inputs of different shapes; a shared layer must see one shape")
-        name = module_of[id(layer)]
-        value = python_name(name, taken) if any(n["module"] == name for n in nodes) else name
-        nodes.append(dict(name=value, module=name, inputs=ins))
-        for v in ins:
-            consumers.setdefault(v, []).append(nodes[-1])
+        if id(layer) in calls:
+            first = calls[id(layer)]
+            if first.in_shapes != in_shapes:
+                call.fail("is called on inputs of different shapes; a shared layer must see one shape")
+            call = first
+        else:
+            call.name = python_name(path.replace("/", "__"), taken)
+            calls[id(layer)] = call
+        value = python_name(call.name, taken) if any(c is call for c, _, _ in sequence) else call.name
+        sequence.append((call, ins, value))
         return value
 
     inputs = []
@@ -618,31 +139,58 @@ def extract_graph(model) -> Extraction:
         name = python_name(tensor._keras_history.operation.name, taken)
         inputs.append(dict(name=name, shape=_shape(tensor.shape), dtype=str(tensor.dtype)))
     outputs = trace(model, [i["name"] for i in inputs], "")
-    _flatten_before_dense(ext, modules, nodes, consumers, set(outputs))
-    ext.graph = dict(format=FORMAT, version=VERSION, name=model.name, layout=LAYOUT_RULE, inputs=inputs,
-                     modules=modules, nodes=nodes, outputs=outputs)
+    return inputs, sequence, outputs
+
+
+def _flatten_before_dense(sequence: list, outputs: list) -> None:
+    """A Flatten of an (H, W, C) tensor read only by Dense layers (each called once) flattens channels first and
+    those Dense layers get their input columns permuted instead (no NHWC copy at run time)."""
+    readers: dict[str, list] = {}
+    uses: dict[int, int] = {}
+    for call, ins, _ in sequence:
+        uses[id(call)] = uses.get(id(call), 0) + 1
+        for value in ins:
+            readers.setdefault(value, []).append(call)
+    for call, _, value in sequence:
+        if call.kind != "Flatten" or call.rank != 4 or uses[id(call)] != 1 or value in outputs:
+            continue
+        consumers = readers.get(value, [])
+        if consumers and all(r.kind == "Dense" and uses[id(r)] == 1 for r in consumers):
+            call.flatten_chw = True
+            for reader in consumers:
+                reader.flatten_hwc = tuple(call.in_shapes[0][1:])
+
+
+def extract_graph(model) -> Extraction:
+    """Walk ``model`` into graph.json's structure (format version 2); ParityError (one line naming the layer, its
+    class and place) for anything the rules cannot reproduce, before anything is built."""
+    if not isinstance(model, keras.Model):
+        raise ParityError(f"expected a Keras model, got {type(model).__name__}")
+    taken: set = set()
+    inputs, sequence, outputs = _trace(model, taken)
+    _flatten_before_dense(sequence, outputs)
+    ext = Extraction()
+    ext.sequence = sequence
+    modules: dict = {}
+    nodes = []
+    for call, ins, value in sequence:
+        out = Emitter(call, modules, taken, python_name)
+        RULES[call.kind].emit(call, out)
+        if not out.steps:
+            out.call_module(out.add_module("nn.Identity"))
+        nodes.append(dict(name=value, keras_class=call.kind, keras_path=call.path, inputs=ins, steps=out.steps))
+        ext.calls[id(call.layer)] = call
+    ext.graph = dict(format=FORMAT, version=VERSION, name=model.name, class_name=python_name(
+        _class_name(model.name), set()), layout=LAYOUT_RULE, inputs=inputs, modules=list(modules.values()),
+        nodes=nodes, outputs=outputs)
     return ext
 
 
-def _flatten_before_dense(ext, modules, nodes, consumers, outputs) -> None:
-    """A Flatten of an (H, W, C) tensor read only by Dense layers (each fed only by it) flattens in the twin's C,H,W
-    order and those Dense layers get their input columns permuted instead (no NHWC copy at run time)."""
-    by_name = {m["name"]: m for m in modules}
-    calls_of = {}
-    for node in nodes:
-        calls_of.setdefault(node["module"], []).append(node)
-    for module in modules:
-        call = ext.modules[module["name"]]
-        if module["op"] != "flatten" or call.rank != 4 or len(calls_of[module["name"]]) != 1:
-            continue
-        value = calls_of[module["name"]][0]["name"]
-        readers = consumers.get(value, [])
-        if value in outputs or not readers or any(by_name[r["module"]]["op"] != "dense" or
-                                                  len(calls_of[r["module"]]) != 1 for r in readers):
-            continue
-        module["config"]["order"] = "chw"
-        for reader in readers:
-            ext.modules[reader["module"]].flatten_hwc = tuple(call.in_shapes[0][1:])
+def _class_name(name: str) -> str:
+    """A Keras model name as a Python class name: 'resnet50_v2' -> 'Resnet50V2'."""
+    words = [w for w in "".join(ch if ch.isalnum() else "_" for ch in name).split("_") if w]
+    text = "".join(w[:1].upper() + w[1:] for w in words) or "Model"
+    return text if text[0].isalpha() else f"Model{text}"
 
 
 # --- weights ---------------------------------------------------------------------------------------------------
@@ -655,10 +203,11 @@ def _keras_arrays(layer) -> dict:
 def _torch_state(ext: Extraction) -> dict:
     """The twin's full state dict (float32 tensors) from the Keras layers' weights."""
     state = {}
-    for name, call in ext.modules.items():
-        arrays = RULES[call.kind].to_torch(call, _keras_arrays(call.layer))
-        for key, array in arrays.items():
-            state[f"{name}.{key}"] = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
+    for call in ext.calls.values():
+        for key, array in RULES[call.kind].to_torch(call, _keras_arrays(call.layer)).items():
+            array = np.asarray(array)
+            dtype = np.float32 if array.dtype.kind == "f" else array.dtype  # (BN's step counter stays int64)
+            state[key] = torch.from_numpy(np.array(array, dtype=dtype, order="C"))
     return state
 
 
@@ -668,42 +217,45 @@ def _load_state(twin, state: dict, where: str) -> None:
                                                      tuple(expected[k].shape) != tuple(state[k].shape)]
     if problems:
         raise ParityError(f"{where}: weights do not fit the twin ({problems[:5]})")
-    twin.load_state_dict(state)
+    twin.load_state_dict(state, strict=True)
 
 
-def convert(keras_model) -> torch.nn.Module:
-    """The PyTorch twin of ``keras_model`` (a ``torch.fx.GraphModule``), weights copied, in eval mode.
-
-    Inputs/outputs follow ``LAYOUT_RULE``; parameters' ``requires_grad`` follow the Keras layers' ``trainable``.
-    """
+def _twin_of(keras_model):
     ext = extract_graph(keras_model)
     twin = build_twin(ext.graph)
     _load_state(twin, _torch_state(ext), f"model {keras_model.name!r}")
-    for name, call in ext.modules.items():
-        trainable = bool(call.layer.trainable) and bool(keras_model.trainable)
-        for parameter in getattr(twin, name).parameters():
-            parameter.requires_grad_(trainable)
-    return twin.eval()
+    return ext, twin.eval()
+
+
+def convert(keras_model) -> torch.nn.Module:
+    """The PyTorch twin of ``keras_model`` (a ``torch.fx.GraphModule`` of stock modules), weights copied, eval mode.
+
+    Inputs/outputs follow ``LAYOUT_RULE``; parameters' ``requires_grad`` follow the Keras layers' ``trainable``.
+    """
+    ext, twin = _twin_of(keras_model)
+    for call in ext.calls.values():
+        if not (bool(call.layer.trainable) and bool(keras_model.trainable)):
+            for attr in call.attrs.values():
+                getattr(twin, attr).requires_grad_(False)
+    return twin
 
 
 def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
     """Copy the twin's weights (e.g. after fine-tuning in PyTorch) back into ``keras_model``.
 
-    ``module`` must be ``convert(keras_model)`` or ``load_converted`` of its folder. Everything is converted and
-    checked before the first assignment: either every weight is copied or none is (ParityError).
+    ``module`` must be ``convert(keras_model)``, ``load_converted`` of its folder or model.py's model. Everything is
+    converted and checked before the first assignment: either every weight is copied or none is (ParityError).
     """
     ext = extract_graph(keras_model)
     state = {k: v.detach().cpu().to(torch.float32).numpy() for k, v in module.state_dict().items()}
-    expected = {f"{name}.{key}" for name, call in ext.modules.items()
+    expected = {key for call in ext.calls.values()
                 for key in RULES[call.kind].to_torch(call, _keras_arrays(call.layer))}
     if set(state) != expected:
         raise ParityError(f"the torch module is not the twin of {keras_model.name!r}: state keys differ "
                           f"({sorted(set(state) ^ expected)[:5]})")
     plan = []
-    for name, call in ext.modules.items():
-        prefix = f"{name}."
-        arrays = RULES[call.kind].to_keras(call, {k[len(prefix):]: v for k, v in state.items()
-                                                  if k.startswith(prefix)})
+    for call in ext.calls.values():
+        arrays = RULES[call.kind].to_keras(call, state)
         variables = {w.name: w for w in call.layer.weights}
         for key, array in arrays.items():
             if tuple(array.shape) != tuple(variables[key].shape):
@@ -720,7 +272,7 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
         for variable, previous in reversed(done):
             variable.assign(previous)
         raise ParityError(f"copy_weights_to_keras: assigning failed ({error}); the Keras model was restored") from error
-    for call in ext.modules.values():
+    for call in ext.calls.values():
         if hasattr(call.layer, "finalize_state"):  # Normalization derives its mean/variance tensors from weights
             call.layer.finalize_state()
 
@@ -731,13 +283,11 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
 def _random_inputs(ext: Extraction, n: int, seed: int) -> list:
     """Uniform [0, 1) floats per input; integer ids below the vocabulary size for inputs read by Embeddings."""
     rng = np.random.default_rng(seed)
-    kinds = {m["name"]: m["op"] for m in ext.graph["modules"]}
     arrays = []
     for spec in ext.graph["inputs"]:
         shape = (n, *[d if d is not None else 8 for d in spec["shape"][1:]])
-        readers = [ext.modules[node["module"]] for node in ext.graph["nodes"] if spec["name"] in node["inputs"]]
-        if readers and all(kinds[node["module"]] == "embedding" for node in ext.graph["nodes"]
-                           if spec["name"] in node["inputs"]):
+        readers = [call for call, ins, _ in ext.sequence if spec["name"] in ins]
+        if readers and all(call.kind == "Embedding" for call in readers):
             vocab = min(call.layer.input_dim for call in readers)
             arrays.append(rng.integers(0, vocab, shape).astype("int32" if "int" in spec["dtype"] else "float32"))
         else:
@@ -829,10 +379,7 @@ def save_converted(keras_model, out_dir, inputs=None, atol: float = ATOL, *, com
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "graph.json").is_file())):
         raise ConvertedModelError(f"{out} exists and is not a converted model folder; choose another --out")
     started = time.perf_counter()
-    ext = extract_graph(keras_model)
-    twin = build_twin(ext.graph)
-    _load_state(twin, _torch_state(ext), f"model {keras_model.name!r}")
-    twin.eval()
+    ext, twin = _twin_of(keras_model)
     seconds = time.perf_counter() - started
     if inputs is None:
         inputs, source = _random_inputs(ext, n, seed), f"{n} random inputs (seed {seed})"
@@ -848,7 +395,8 @@ def save_converted(keras_model, out_dir, inputs=None, atol: float = ATOL, *, com
                                 lightning_cnn=lightning_cnn.__version__))
     if compile_config is None and getattr(keras_model, "compiled", False):
         compile_config = keras_model.get_compile_config()
-    files = {"graph.json": json.dumps(ext.graph, indent=1), "parity.json": json.dumps(parity, indent=1)}
+    files = {"graph.json": json.dumps(ext.graph, indent=1), "model.py": model_source(ext.graph).rstrip("\n"),
+             "parity.json": json.dumps(parity, indent=1)}
     if compile_config is not None:
         files["compile.json"] = json.dumps(compile_config, indent=1, default=_jsonable)
     _write_folder(out, twin, files)

@@ -5,14 +5,11 @@ Public API
 - ``copy_weights(src, dst)``: copy every weight from a Keras model to a PyTorch module of the same architecture,
   or back. Works for ``keras_ref.build_model(id)`` <-> ``lightning_cnn.build_model(id)`` for every id, and for
   any model made of the supported layers.
-- ``keras_to_torch(keras_model)``: build the PyTorch twin of a Keras model and copy its weights (a model that is
-  not a linear stack goes to ``keras_ref.convert``). The twin takes
-  NCHW input and returns what the Keras model returns (a trailing softmax included) on the same data in NHWC. It
-  is returned in ``eval()`` mode (Keras's ``model(x)`` is inference), with ``requires_grad`` mirroring each Keras
-  layer's ``trainable``.
+- A PyTorch twin of any Keras model (stock torch modules, weights copied) is ``keras_ref.convert.convert``;
+  ``python -m keras_ref.parity MODEL.keras`` checks one against its Keras file.
 - ``load_keras_model(path)``: load a user's ``.keras`` / ``.h5`` file *safely* (``safe_mode=True``,
   ``compile=False``): a ``Lambda`` layer's pickled Python code is refused, never run.
-- ``walk_keras(model)`` / ``walk_torch(module)``: the flattened, ordered layer lists both functions work from.
+- ``walk_keras(model)`` / ``walk_torch(module)``: the flattened, ordered layer lists ``copy_weights`` works from.
 - ``ParityError(ValueError)``: an unsupported layer, a shape or weight-count mismatch, or a configuration that
   would make the two sides compute different things; the message names the layer(s) and says why.
 
@@ -58,12 +55,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lightning_cnn.atomic import write_text  # noqa: E402
-from lightning_cnn.errors import UserError, exit_on_user_error  # noqa: E402
-from lightning_cnn.layers import ACTIVATION_NAMES, Conv2d, GlobalPool2d, Linear, SamePad2d, SamePool2d  # noqa: E402
-from lightning_cnn.layers import make_activation  # noqa: E402
+from lightning_cnn.errors import ConversionError, UserError, exit_on_user_error  # noqa: E402
+from lightning_cnn.layers import ACTIVATION_NAMES, SamePad, SamePool  # noqa: E402
 
 __all__ = [
-    "ParityError", "copy_weights", "keras_to_torch", "load_keras_model", "walk_keras", "walk_torch",
+    "ParityError", "copy_weights", "load_keras_model", "walk_keras", "walk_torch",
     "max_abs_diff", "main", "KerasStep", "TorchUnit", "SUPPORTED_KERAS_LAYERS",
 ]
 
@@ -74,8 +70,9 @@ SUPPORTED_KERAS_LAYERS = (
 )
 
 
-class ParityError(ValueError, UserError):
-    """The two models cannot be made to compute the same thing; the message says which layer and why."""
+ParityError = ConversionError
+"""The two models cannot be made to compute the same thing; the message says which layer and why (the converter's
+rules, TF-free in lightning_cnn, raise the same class)."""
 
 
 # --- walking the Keras side -----------------------------------------------------------------------------------
@@ -255,7 +252,8 @@ def _check_supported(layer, shape, path) -> None:
 _TORCH_WEIGHTED = {"conv2d": (nn.Conv2d,), "dense": (nn.Linear,), "batchnorm": (nn.BatchNorm1d, nn.BatchNorm2d)}
 _TORCH_PLAIN = (
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten,
-    nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.Identity, nn.ZeroPad2d, SamePad2d, SamePool2d, GlobalPool2d,
+    nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.Identity, nn.ZeroPad2d, nn.Upsample, nn.Dropout1d, SamePad,
+    SamePool,
 )
 
 
@@ -443,87 +441,6 @@ def copy_weights(src, dst) -> None:
                 else:
                     target.assign(previous)
             raise ParityError(f"copy_weights: assigning failed ({exc}); the destination was restored") from exc
-
-
-# --- twins ------------------------------------------------------------------------------------------------
-
-
-def _twin_layer(step: KerasStep) -> nn.Module:
-    layer, cfg, kind, shape = step.layer, step.layer.get_config(), step.kind, step.input_shape
-    if kind == "Conv2D":
-        module = Conv2d(shape[-1], cfg["filters"], _pair(cfg["kernel_size"])[0], cfg["padding"],
-                        _pair(cfg["strides"])[0], _activation_name(layer.activation, step.path))
-        if not cfg["use_bias"]:
-            module.register_parameter("bias", None)
-        return module
-    if kind == "Dense":
-        module = Linear(shape[-1], cfg["units"], _activation_name(layer.activation, step.path))
-        if not cfg["use_bias"]:
-            module.register_parameter("bias", None)
-        return module
-    if kind in ("MaxPooling2D", "AveragePooling2D"):
-        pool = _pair(cfg["pool_size"])
-        strides = _pair(cfg["strides"] if cfg["strides"] is not None else cfg["pool_size"])
-        short = "max" if kind == "MaxPooling2D" else "avg"
-        if cfg["padding"] == "same":
-            return SamePool2d(short, pool, strides)
-        return nn.MaxPool2d(pool, strides) if short == "max" else nn.AvgPool2d(pool, strides)
-    if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
-        return GlobalPool2d("avg" if kind == "GlobalAveragePooling2D" else "max", bool(cfg.get("keepdims", False)))
-    if kind == "ZeroPadding2D":
-        (top, bottom), (left, right) = layer.padding
-        return nn.ZeroPad2d((left, right, top, bottom))
-    if kind == "Flatten":
-        return nn.Flatten()
-    if kind == "Dropout":
-        return nn.Dropout(float(cfg["rate"]))
-    if kind in ("Activation", "ReLU", "Softmax"):
-        name = "relu" if kind == "ReLU" else "softmax" if kind == "Softmax" else _activation_name(layer.activation,
-                                                                                                  step.path)
-        if name == "softmax":  # Keras's last axis: NCHW's channels at rank 4, the same last axis otherwise
-            return nn.Softmax(dim=1 if len(shape) == 4 else -1)
-        return make_activation(name)
-    if kind == "BatchNormalization":
-        bn = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
-        return bn(shape[-1], eps=float(cfg["epsilon"]), momentum=1.0 - float(cfg["momentum"]), affine=cfg["scale"])
-    raise ParityError(f"layer {step.path!r} ({kind}) is not supported")  # _check_supported already caught these
-
-
-def _module_name(name: str) -> str:
-    return name.replace(".", "_") or "_"
-
-
-def keras_to_torch(keras_model) -> nn.Module:
-    """The PyTorch twin of ``keras_model`` (NCHW in, the Keras model's output out), with its weights copied.
-
-    Nested Keras models become nested ``nn.Sequential``s with the same names; the twin is in ``eval()`` mode and
-    its parameters' ``requires_grad`` follow the Keras layers' ``trainable``. Any other functional graph
-    (branches, merges, RNNs, ...) is delegated to ``keras_ref.convert.convert`` (a ``torch.fx`` twin).
-    """
-    try:
-        steps = walk_keras(keras_model)
-    except ParityError:
-        from keras_ref.convert import convert
-
-        return convert(keras_model)
-    root = nn.Sequential()
-    containers = {id(keras_model): root}
-    for step in steps:
-        parent = root
-        for keras_parent in step.parents[1:]:
-            key = id(keras_parent)
-            if key not in containers:
-                containers[key] = nn.Sequential()
-                parent.add_module(_module_name(keras_parent.name), containers[key])
-            parent = containers[key]
-        module = _twin_layer(step).to(torch.float32)
-        trainable = all(p.trainable for p in step.parents) and step.layer.trainable
-        for parameter in module.parameters():
-            parameter.requires_grad_(trainable)
-        parent.add_module(_module_name(step.layer.name), module)
-    copy_weights(keras_model, root)
-    root.keras_name = keras_model.name
-    return root.eval()
 
 
 # --- user models -----------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ class CheckpointError(ValueError, UserError):
     """A checkpoint that is missing, unreadable, of another model, or holds weights that cannot be used."""
 
 
+class ConversionError(ValueError, UserError):
+    """A Keras model (or one of its layers) the converter cannot reproduce; the message names the layer, its
+    class, where it is and what to do (``keras_ref.parity.ParityError`` is this class)."""
+
+
 class OutputError(UserError):
     """The output folder cannot be used: read-only, full, or in use by another run."""
 

@@ -1,8 +1,11 @@
-"""The torch layers both sides of the port share: the Lightning models, the parity layer's twins of Keras models.
+"""The one torch layer library: the documented models' layers and the converter's helper modules.
 
-One place for each Keras rule that torch does not have built in: TensorFlow's 'same' padding (the odd pixel goes
-to the bottom/right), Keras's activation names, ``Conv2D``/``Dense`` with a fused activation, Keras's pooling
-layers, and VGG16's block table.
+Converted models (``lightning_cnn.converted``) are built from stock ``torch.nn`` modules wherever one computes
+what Keras computes; the helper modules here cover only where Keras's semantics differ: TensorFlow's 'same'
+padding when a size is unknown (the odd pixel goes to the bottom/right), 'same' pooling that does not count the
+padding, Keras's ReLU options, per-element PReLU, Rescaling/Normalization constants, Keras's noise layers. Each
+helper imports only ``torch``/``math`` so its source is written as it is into a converted folder's ``model.py``.
+The documented models use ``Conv2d``/``Linear`` with Keras's fused activation and VGG16's block table.
 """
 
 from __future__ import annotations
@@ -39,68 +42,142 @@ def output_size(size: int, kernel: int, stride: int, padding: str) -> int:
     return math.ceil(size / stride) if padding == "same" else (size - kernel) // stride + 1
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow's padding='same' along one axis: (before, after), the odd pixel after (matters for stride 2)."""
-    span = (kernel - 1) * dilation + 1  # what a dilated kernel covers
-    total = max((output_size(size, span, stride, "same") - 1) * stride + span - size, 0)
-    return total // 2, total - total // 2
+def tf_same_pads(sizes, kernel_size, stride, dilation) -> list:
+    """``F.pad`` amounts (last dimension first) for TensorFlow's padding='same': the odd pixel goes after."""
+    pads = []
+    for size, k, s, d in reversed(list(zip(sizes, kernel_size, stride, dilation))):
+        span = (k - 1) * d + 1  # what a dilated kernel covers
+        total = max((-(-size // s) - 1) * s + span - size, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
 
 
-def _same_pads(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> list[int]:
-    """``F.pad``'s (left, right, top, bottom) for TensorFlow's 'same' on an NCHW tensor."""
-    return [*same_padding(x.shape[-1], kernel[1], stride[1]), *same_padding(x.shape[-2], kernel[0], stride[0])]
+class SamePad(nn.Module):
+    """TensorFlow's padding='same' from the input's size at run time (the odd pixel after, as TF pads).
 
-
-class SamePad2d(nn.Module):
-    """Zero padding as TensorFlow's convolutions pad for padding='same' (used where torch's symmetric one differs)."""
-
-    def __init__(self, kernel_size: int, stride: int):
-        super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = _same_pads(x, (self.kernel_size,) * 2, (self.stride,) * 2)
-        return F.pad(x, pads) if any(pads) else x
-
-
-class SamePool2d(nn.Module):
-    """Keras MaxPooling2D / AveragePooling2D with padding='same'.
-
-    Max pooling pads with -inf; average pooling divides by the number of real pixels in each window (TF does not
-    count the padding), computed by pooling a ones mask the same way.
+    The converter uses it only where a spatial size is unknown (None in the Keras shape); with static sizes it
+    writes the constant pads. ``kernel_size``/``stride``/``dilation`` have one entry per spatial dimension.
     """
 
-    def __init__(self, kind: str, pool_size: tuple, strides: tuple):
+    def __init__(self, kernel_size, stride, dilation=None, value=0.0):
         super().__init__()
-        self.kind, self.pool_size, self.strides = kind, tuple(pool_size), tuple(strides)
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.dilation = tuple(dilation) if dilation is not None else (1,) * len(self.kernel_size)
+        self.value = value
 
     def forward(self, x):
-        pads = _same_pads(x, self.pool_size, self.strides)
+        pads = tf_same_pads(x.shape[2:], self.kernel_size, self.stride, self.dilation)
+        return F.pad(x, pads, value=self.value) if any(pads) else x
+
+
+class SamePool(nn.Module):
+    """Keras max/average pooling with padding='same' (1-D or 2-D, channels first): max pads with -inf, average
+    divides by the real pixels in each window (TensorFlow does not count the padding)."""
+
+    def __init__(self, kind, kernel_size, stride):
+        super().__init__()
+        self.kind, self.kernel_size, self.stride = kind, tuple(kernel_size), tuple(stride)
+
+    def forward(self, x):
+        pads = tf_same_pads(x.shape[2:], self.kernel_size, self.stride, (1,) * len(self.kernel_size))
         if self.kind == "max":
-            return F.max_pool2d(F.pad(x, pads, value=-math.inf), self.pool_size, self.strides)
+            pool = F.max_pool1d if x.dim() == 3 else F.max_pool2d
+            return pool(F.pad(x, pads, value=-math.inf), self.kernel_size, self.stride)
+        pool = F.avg_pool1d if x.dim() == 3 else F.avg_pool2d
         ones = torch.ones_like(x[:1, :1])
-        total = F.avg_pool2d(F.pad(x, pads), self.pool_size, self.strides)
-        count = F.avg_pool2d(F.pad(ones, pads), self.pool_size, self.strides)
-        return total / count
-
-    def extra_repr(self):
-        return f"{self.kind}, pool_size={self.pool_size}, strides={self.strides}"
+        return pool(F.pad(x, pads), self.kernel_size, self.stride) / pool(F.pad(ones, pads), self.kernel_size,
+                                                                           self.stride)
 
 
-class GlobalPool2d(nn.Module):
-    """Keras GlobalAveragePooling2D / GlobalMaxPooling2D on NCHW (keepdims gives N,C,1,1)."""
+class KerasReLU(nn.Module):
+    """Keras's ReLU(negative_slope, max_value, threshold): x from threshold up to max_value,
+    negative_slope * (x - threshold) below the threshold."""
 
-    def __init__(self, kind: str, keepdims: bool = False):
+    def __init__(self, negative_slope=0.0, max_value=None, threshold=0.0):
         super().__init__()
-        self.kind, self.keepdims = kind, keepdims
+        self.negative_slope, self.max_value, self.threshold = negative_slope, max_value, threshold
 
     def forward(self, x):
-        if self.kind == "avg":
-            return x.mean(dim=(2, 3), keepdim=self.keepdims)
-        return x.amax(dim=(2, 3), keepdim=self.keepdims)
+        out = torch.where(x >= self.threshold, x, self.negative_slope * (x - self.threshold))
+        return out if self.max_value is None else torch.clamp(out, max=self.max_value)
 
-    def extra_repr(self):
-        return f"{self.kind}, keepdims={self.keepdims}"
+
+class ElementwisePReLU(nn.Module):
+    """Keras's PReLU with one slope per element (``shape``: the input's, shared axes of size 1); ``nn.PReLU``
+    has one per channel only."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x):
+        return torch.where(x >= 0, x, self.weight * x)
+
+
+class Rescale(nn.Module):
+    """Keras's Rescaling with per-channel constants: x * scale + offset (buffers, broadcast to ``shape``)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(shape))
+        self.register_buffer("offset", torch.zeros(shape))
+
+    def forward(self, x):
+        return x * self.scale + self.offset
+
+
+class Normalize(nn.Module):
+    """Keras's Normalization: (x - mean) / max(sqrt(variance), epsilon), or its inverse (``invert``)."""
+
+    def __init__(self, shape, epsilon=1e-7, invert=False):
+        super().__init__()
+        self.epsilon, self.invert = epsilon, invert
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("variance", torch.ones(shape))
+
+    def forward(self, x):
+        std = torch.clamp(torch.sqrt(self.variance), min=self.epsilon)
+        return self.mean + x * std if self.invert else (x - self.mean) / std
+
+
+class GaussianNoise(nn.Module):
+    """Keras's GaussianNoise: adds N(0, stddev) in training, identity in eval."""
+
+    def __init__(self, stddev):
+        super().__init__()
+        self.stddev = stddev
+
+    def forward(self, x):
+        return x + torch.randn_like(x) * self.stddev if self.training and self.stddev > 0 else x
+
+
+class GaussianDropout(nn.Module):
+    """Keras's GaussianDropout: multiplies by N(1, rate / (1 - rate)) in training, identity in eval."""
+
+    def __init__(self, rate):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x):
+        if not self.training or self.rate == 0:
+            return x
+        return x * (1 + torch.randn_like(x) * math.sqrt(self.rate / (1 - self.rate)))
+
+
+class NoiseShapeDropout(nn.Module):
+    """Keras's Dropout(noise_shape=...): one keep/drop draw per cell of ``noise_shape`` (channels first; None
+    means the input's size), broadcast over the rest; identity in eval."""
+
+    def __init__(self, rate, noise_shape):
+        super().__init__()
+        self.rate, self.noise_shape = rate, tuple(noise_shape)
+
+    def forward(self, x):
+        if not self.training or self.rate == 0:
+            return x
+        shape = [n if s is None else s for n, s in zip(x.shape, self.noise_shape)]
+        keep = torch.bernoulli(torch.full(shape, 1 - self.rate, device=x.device, dtype=x.dtype))
+        return x * keep / (1 - self.rate)
 
 
 class Conv2d(nn.Conv2d):
@@ -110,7 +187,7 @@ class Conv2d(nn.Conv2d):
         symmetric = padding == "valid" or (strides == 1 and kernel_size % 2 == 1)
         torch_padding = 0 if padding == "valid" else kernel_size // 2
         super().__init__(in_channels, filters, kernel_size, stride=strides, padding=torch_padding if symmetric else 0)
-        self.same_pad = None if symmetric else SamePad2d(kernel_size, strides)
+        self.same_pad = None if symmetric else SamePad((kernel_size,) * 2, (strides,) * 2)
         self.activation = make_activation(activation)
 
     def forward(self, x):

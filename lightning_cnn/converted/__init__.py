@@ -1,8 +1,8 @@
-"""Converted Keras models: the op registry and the TF-free loader of a folder written by keras_ref.convert."""
+"""Converted Keras models: stock torch modules described as data (``rules``, ``vocabulary``), the TF-free loader
+of a folder written by keras_ref.convert (``graph``), its plain PyTorch source (``source``), and inference copies."""
 
 from .graph import FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError, build_twin, load_converted
 from .inference import fuse_for_inference, prepare_for_inference
-from .ops import OPS
 
 __all__ = ["load_converted", "fuse_for_inference", "prepare_for_inference", "build_twin", "ConvertedModelError",
-           "OPS", "FORMAT", "VERSION", "LAYOUT_RULE"]
+           "FORMAT", "VERSION", "LAYOUT_RULE"]

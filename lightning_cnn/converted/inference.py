@@ -16,7 +16,9 @@ import copy
 import torch
 from torch import fx, nn
 
-from .ops import BatchNorm, Conv
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+_CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
 
 
 def _calls(graph: fx.Graph, target: str) -> int:
@@ -28,24 +30,18 @@ def fuse_for_inference(twin: fx.GraphModule) -> fx.GraphModule:
     fused = copy.deepcopy(twin).eval()
     modules = dict(fused.named_modules())
     for node in list(fused.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), BatchNorm):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        source = node.args[0] if node.args else None
+        if bn is None or not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
             continue
-        source = node.args[0]
-        if source.op != "call_module" or len(source.users) != 1 or not isinstance(modules.get(source.target), Conv):
+        conv = modules.get(source.target)
+        if not any(type(conv) is c and type(bn) is b for c, b in _CONV_BN) or not bn.track_running_stats or \
+                _calls(fused.graph, source.target) != 1 or _calls(fused.graph, node.target) != 1:
             continue
-        conv, bn = modules[source.target], modules[node.target]
-        channel_dim = 1 if conv.config["rank"] == 2 else 2
-        if (conv.config["activation"] != "linear" or bn.config["dim"] != channel_dim or
-                _calls(fused.graph, source.target) != 1 or _calls(fused.graph, node.target) != 1):
-            continue
-        with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var + bn.config["eps"])
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
-            bias = shift if conv.bias is None else conv.bias * scale + shift
-            conv.weight.copy_(conv.weight * scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
-            conv.bias = nn.Parameter(bias.clone())
+        folded = fuse_conv_bn_eval(conv, bn)
+        for parameter in folded.parameters():
+            parameter.requires_grad_(False)
+        fused.add_submodule(source.target, folded)
         node.replace_all_uses_with(source)
         fused.graph.erase_node(node)
         fused.delete_submodule(node.target)

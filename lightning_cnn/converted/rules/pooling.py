@@ -1,0 +1,47 @@
+"""MaxPooling1D/2D, AveragePooling1D/2D -> nn.MaxPool / nn.AvgPool (TF 'same' via the SamePool helper where torch's
+symmetric padding differs); GlobalAveragePooling / GlobalMaxPooling 1D/2D -> mean / amax over the spatial dims."""
+
+from __future__ import annotations
+
+from ...layers import tf_same_pads
+from . import X, Rule, channels_first, channels_last, need_rank, pairs, register, symmetric_padding
+
+
+@register("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
+class PoolRule(Rule):
+    def emit(self, call, out):
+        rank = 1 if call.kind.endswith("1D") else 2
+        need_rank(call, rank + 2)
+        channels_last(call)
+        cfg = call.config
+        if cfg["padding"] not in ("valid", "same"):
+            call.fail(f"padding {cfg['padding']!r} is not supported")
+        kind = "max" if call.kind.startswith("Max") else "avg"
+        pool = pairs(cfg["pool_size"], rank)
+        strides = pairs(cfg["strides"] if cfg["strides"] is not None else cfg["pool_size"], rank)
+        cls = f"nn.{'Max' if kind == 'max' else 'Avg'}Pool{rank}d"
+        kwargs = {} if strides == pool else dict(stride=strides)
+        sizes = call.in_shapes[0][1:-1]
+        channels_first(out, call.rank)
+        if cfg["padding"] == "same":
+            padding = None
+            if all(size is not None for size in sizes):
+                padding = symmetric_padding(tf_same_pads(sizes, pool, strides, [1] * rank))
+            if padding is None or any(2 * p > k for p, k in zip(padding, pool)):
+                out.call_module(out.add_module("SamePool", kind, pool, strides))
+                channels_first(out, call.rank)
+                return
+            if any(padding):  # torch pads itself: max ignores the padding, average does not count it (as TF)
+                kwargs |= dict(padding=padding) | ({} if kind == "max" else dict(count_include_pad=False))
+        out.call_module(out.add_module(cls, pool, **kwargs))
+        channels_first(out, call.rank)
+
+
+@register("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D")
+class GlobalPoolRule(Rule):
+    def emit(self, call, out):
+        need_rank(call, 3 if call.kind.endswith("1D") else 4)
+        channels_last(call)
+        dims = [2, 3] if call.rank == 4 else [1]
+        keepdims = bool(call.config.get("keepdims", False))
+        out.method("mean" if "Average" in call.kind else "amax", X, dims, **({"keepdim": True} if keepdims else {}))
