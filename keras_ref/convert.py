@@ -34,6 +34,7 @@ import lightning_cnn  # noqa: E402  (its version goes into parity.json)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from keras_ref.operations import call_arguments, describe, is_operation  # noqa: E402
 from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
@@ -72,6 +73,7 @@ class Extraction:
         self.graph: dict = {}
         self.calls: dict = {}  # id(layer) -> LayerCall
         self.sequence: list = []  # [(LayerCall, input value names, output value name)], one per Keras call
+        self.results: dict = {}  # a call's value -> its results' value names, for calls with several results
 
 
 def _shape(shape) -> list:
@@ -87,11 +89,13 @@ def _graph_of(model):
     return graph
 
 
-def _trace(model, taken: set) -> tuple[list, list, list]:
-    """(inputs, [(LayerCall, input value names, output value name)] in dependency order, outputs); nested models
-    are inlined. A layer called twice shares one LayerCall (one set of modules)."""
+def _trace(model, taken: set) -> tuple[list, list, list, dict]:
+    """(inputs, [(LayerCall, input value names, output value name)] in dependency order, outputs, results of
+    several-result calls); nested models are inlined. A layer called twice shares one LayerCall (one set of
+    modules). Raw keras.ops calls are calls too, each its own (``LayerCall.arguments`` says which operation)."""
     calls: dict[int, LayerCall] = {}
     sequence = []
+    results: dict[str, list] = {}
 
     def trace(submodel, input_values: list, prefix: str) -> list:
         graph = _graph_of(submodel)
@@ -106,7 +110,8 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
                 if isinstance(op, keras.Model):
                     outs = trace(op, ins, path + "/")
                 else:
-                    outs = [layer_call(op, path, node, ins)]
+                    value = layer_call(op, path, node, ins)
+                    outs = [value] if len(node.output_tensors) == 1 else results[value]
                 for tensor, value in zip(node.output_tensors, outs):
                     env[id(tensor)] = value
         return [env[id(t)] for t in graph.outputs]
@@ -115,14 +120,22 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
         in_shapes = [_shape(t.shape) for t in node.input_tensors]
         call = LayerCall(layer, path, "", in_shapes, [_shape(t.shape) for t in node.output_tensors],
                          epsilon=float(keras.config.epsilon()))
-        if not isinstance(layer, keras.layers.Layer):
-            call.fail("a raw keras.ops operation in the graph is not supported; use the equivalent layer")
-        if type(layer).__name__ not in RULES:
-            call.fail(f"unsupported layer for the converter (supported: {', '.join(sorted(RULES))}); add a rule "
-                      "in lightning_cnn/converted/rules/ or replace the layer")
-        if len(node.output_tensors) != 1:
-            call.fail(f"returns {len(node.output_tensors)} tensors; only single-output layers are supported")
-        if id(layer) in calls:
+        if is_operation(layer):
+            try:
+                described = describe(node)
+            except ValueError as error:
+                call.fail(f"{error}; write it with keras.ops calls on tensors and Python numbers")
+            call.arguments = dict(kind=described.kind, config=described.config, args=described.args,
+                                  kwargs=described.kwargs)
+            if call.kind not in RULES:
+                call.fail("this keras.ops operation is not supported by the converter; write it with a supported "
+                          "one or a Keras layer (python -m keras_ref.convert --supported lists them)")
+        elif type(layer).__name__ not in RULES:
+            call.fail("unsupported layer for the converter (python -m keras_ref.convert --supported lists the "
+                      "supported ones); add a rule in lightning_cnn/converted/rules/ or replace the layer")
+        else:
+            call.arguments = call_arguments(node)
+        if id(layer) in calls and not call.is_operation:
             first = calls[id(layer)]
             if first.in_shapes != in_shapes:
                 call.fail("is called on inputs of different shapes; a shared layer must see one shape")
@@ -132,6 +145,8 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
             calls[id(layer)] = call
         value = python_name(call.name, taken) if any(c is call for c, _, _ in sequence) else call.name
         sequence.append((call, ins, value))
+        if len(node.output_tensors) > 1:
+            results[value] = [python_name(f"{value}_{i}", taken) for i in range(len(node.output_tensors))]
         return value
 
     inputs = []
@@ -139,7 +154,7 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
         name = python_name(tensor._keras_history.operation.name, taken)
         inputs.append(dict(name=name, shape=_shape(tensor.shape), dtype=str(tensor.dtype)))
     outputs = trace(model, [i["name"] for i in inputs], "")
-    return inputs, sequence, outputs
+    return inputs, sequence, outputs, results
 
 
 def _flatten_before_dense(sequence: list, outputs: list) -> None:
@@ -167,10 +182,10 @@ def extract_graph(model) -> Extraction:
     if not isinstance(model, keras.Model):
         raise ParityError(f"expected a Keras model, got {type(model).__name__}")
     taken: set = set()
-    inputs, sequence, outputs = _trace(model, taken)
+    inputs, sequence, outputs, results = _trace(model, taken)
     _flatten_before_dense(sequence, outputs)
     ext = Extraction()
-    ext.sequence = sequence
+    ext.sequence, ext.results = sequence, results
     modules: dict = {}
     nodes = []
     for call, ins, value in sequence:
@@ -179,6 +194,12 @@ def extract_graph(model) -> Extraction:
         if not out.steps:
             out.call_module(out.add_module("nn.Identity"))
         nodes.append(dict(name=value, keras_class=call.kind, keras_path=call.path, inputs=ins, steps=out.steps))
+        names = results.get(value, [value])
+        if len(names) > 1 or out.outputs:
+            if len(out.outputs) != len(names):
+                call.fail(f"returns {len(names)} tensors; its rule computes {len(out.outputs) or 1}")
+            nodes += [dict(name=name, keras_class=call.kind, keras_path=call.path, inputs=[value], steps=steps)
+                      for name, steps in zip(names, out.outputs)]
         ext.calls[id(call.layer)] = call
     ext.graph = dict(format=FORMAT, version=VERSION, name=model.name, class_name=python_name(
         _class_name(model.name), set()), layout=LAYOUT_RULE, inputs=inputs, modules=list(modules.values()),
@@ -196,8 +217,20 @@ def _class_name(name: str) -> str:
 # --- weights ---------------------------------------------------------------------------------------------------
 
 
+def _keras_variables(layer) -> dict:
+    """{name: variable} of a layer's weights: the variable's name, or, where names repeat (the query/key/value
+    kernels of MultiHeadAttention, a Bidirectional's two RNNs), its path inside the layer ("query/kernel")."""
+    weights = getattr(layer, "weights", [])  # (a raw keras.ops operation has none)
+    names = [w.name for w in weights]
+    if len(set(names)) == len(names):
+        return dict(zip(names, weights))
+    prefix = f"{layer.path}/"
+    return {w.path[len(prefix):] if w.path.startswith(prefix) else w.path: w for w in weights}
+
+
 def _keras_arrays(layer) -> dict:
-    return {w.name: np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float32) for w in layer.weights}
+    return {name: np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float32)
+            for name, w in _keras_variables(layer).items()}
 
 
 def _torch_state(ext: Extraction) -> dict:
@@ -234,7 +267,7 @@ def convert(keras_model) -> torch.nn.Module:
     """
     ext, twin = _twin_of(keras_model)
     for call in ext.calls.values():
-        if not (bool(call.layer.trainable) and bool(keras_model.trainable)):
+        if not (bool(getattr(call.layer, "trainable", True)) and bool(keras_model.trainable)):
             for attr in call.attrs.values():
                 getattr(twin, attr).requires_grad_(False)
     return twin
@@ -256,7 +289,7 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
     plan = []
     for call in ext.calls.values():
         arrays = RULES[call.kind].to_keras(call, state)
-        variables = {w.name: w for w in call.layer.weights}
+        variables = _keras_variables(call.layer)
         for key, array in arrays.items():
             if tuple(array.shape) != tuple(variables[key].shape):
                 call.fail(f"weight {key}: the twin's converts to {array.shape}, "

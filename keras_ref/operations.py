@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["OperationCall", "describe", "is_operation", "operation_kind"]
+__all__ = ["OperationCall", "call_arguments", "describe", "is_operation", "operation_kind"]
 
 
 @dataclass
@@ -102,6 +102,17 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def call_arguments(node) -> dict:
+    """A layer call's arguments as templates (``{"args", "kwargs"}``); empty if one cannot be stored as data
+    (the rules that read arguments then refuse the call themselves)."""
+    tensors, position = list(node.input_tensors), [0]
+    try:
+        return dict(args=[_template(a, tensors, position) for a in node.arguments.args],
+                    kwargs={k: _template(v, tensors, position) for k, v in node.arguments.kwargs.items()})
+    except _Unsupported:
+        return {}
 
 
 def describe(node) -> OperationCall:
