@@ -21,7 +21,7 @@ from keras import layers
 from keras_ref.convert import compare, convert, copy_weights_to_keras
 from keras_ref.tolerance import within
 from lightning_cnn.converted import prepare_for_inference
-from lightning_cnn.converted.ops import BatchNorm, Conv
+from torch.nn import BatchNorm2d as BatchNorm, Conv2d as Conv  # the twin's stock modules
 
 from .conftest import _test_split
 

@@ -78,10 +78,10 @@ def saved(tmp_path_factory):
 
 def test_folder_contents(saved):
     model, folder = saved
-    assert sorted(p.name for p in folder.iterdir()) == ["compile.json", "graph.json", "parity.json",
+    assert sorted(p.name for p in folder.iterdir()) == ["compile.json", "graph.json", "model.py", "parity.json",
                                                         "weights.safetensors"]
     graph = json.loads((folder / "graph.json").read_text())
-    assert graph["format"] == "lightning-cnn-graph" and graph["version"] == 1 and "NCHW" in graph["layout"]
+    assert graph["format"] == "lightning-cnn-graph" and graph["version"] == 2 and "NCHW" in graph["layout"]
     parity = json.loads((folder / "parity.json").read_text())
     output = parity["outputs"][0]
     assert parity["passed"] and output["max_abs_diff"] <= output["tolerance"] and parity["tolerance_rule"] == RULE
@@ -109,7 +109,7 @@ def test_load_without_tensorflow_matches_keras(saved, tmp_path):
 def test_loaded_twin_is_readable_and_trainable(saved):
     _, folder = saved
     twin = lightning_cnn.load_converted(folder)
-    assert "residual = self.residual(stem, bn)" in twin.code
+    assert "residual = stem + bn" in twin.code
     assert not twin.training
     assert all(p.requires_grad for p in twin.parameters())
 
@@ -123,16 +123,34 @@ def _copy(folder: Path, dest: Path) -> Path:
 
 @pytest.mark.parametrize("tamper, message", [
     (lambda g: g.update(version=99), "format version 99"),
-    (lambda g: g["modules"][0].update(op="os.system"), "unknown op 'os.system'"),
-    (lambda g: g["modules"][0]["config"].update(filters="six"), "bad config"),
-    (lambda g: g["modules"][0]["config"].update(evil=1), "bad config"),
-    (lambda g: g["nodes"][1].update(inputs=["nowhere"]), "before they are computed"),
-    (lambda g: g["modules"][0].update(name="__class__"), "bad or duplicate module name"),
-    (lambda g: g["modules"][0].update(name="import"), "bad or duplicate module name"),
-    (lambda g: g["inputs"][0].update(name="x):\n    import os #"), "bad or duplicate input name"),
-    (lambda g: g["modules"][1]["config"].update(filters=7, in_channels=7, groups=7), "do not match"),
-    (lambda g: g.pop("nodes"), "malformed graph"),
-    (lambda g: g["modules"][0]["config"].update(strides=[10**9, 10**9]), "strides=.* is beyond the bound"),
+    (lambda g: g.update(version=1), "format version 1, .*converted again"),
+    (lambda g: g["modules"][0]["module"].update(cls="os.system"), "unknown module 'os.system'"),
+    (lambda g: g["modules"][0]["module"]["args"].__setitem__(1, "six"), r"modules\[0\].*bad arguments"),
+    (lambda g: g["modules"][0]["module"]["kwargs"].update(evil=1), "bad arguments"),
+    (lambda g: g["nodes"][1].update(inputs=["nowhere"]), "before it is computed"),
+    (lambda g: g["modules"][0].update(name="__class__"), r"modules\[0\].name: '__class__' is not a usable name"),
+    (lambda g: g["modules"][0].update(name="import"), "is not a usable name"),
+    (lambda g: g["inputs"][0].update(name="x):\n    import os #"), r"inputs\[0\].name: .* is not a usable name"),
+    (lambda g: g["modules"][1]["module"].update(args=[7, 7, [3, 3]], kwargs=dict(padding=[1, 1], groups=7)),
+     "do not match"),
+    (lambda g: g.pop("nodes"), "nodes: expected a list"),
+    (lambda g: g["modules"][0]["module"]["kwargs"].update(stride=[10**9, 10**9]), "beyond the bound"),
+    # issue 21's cases: every field is validated when read, one line naming the file and the field
+    (lambda g: g["inputs"][0].pop("shape"), r"inputs\[0\].shape: expected a list"),
+    (lambda g: g["inputs"][0].update(shape=5), r"inputs\[0\].shape: expected a list"),
+    (lambda g: g["inputs"][0].update(shape=[None, -3, 9, 9]), r"inputs\[0\].shape\[1\]"),
+    (lambda g: g.update(outputs=[]), "outputs: empty"),
+    (lambda g: g["modules"][0].update(name="training"), "'training' is not a usable name"),
+    (lambda g: g["modules"][0].update(name="forward"), "'forward' is not a usable name"),
+    (lambda g: g["modules"][0].update(name="state_dict"), "'state_dict' is not a usable name"),
+    (lambda g: g["modules"][0].update(name="__init__"), "'__init__' is not a usable name"),
+    (lambda g: g["nodes"][0]["steps"][-1].update(function="torch.hard_tanh_of_doom"), "unknown function"),
+    (lambda g: g["nodes"][0]["steps"].append(dict(method="__reduce__", args=[{"$": "x"}])), "unknown method"),
+    (lambda g: g["nodes"][0].update(steps="relu"), r"nodes\[0\].steps: expected a list"),
+    (lambda g: g["nodes"][0]["steps"][0].update(args=[{"$": 7}]), "bad reference"),
+    (lambda g: g["modules"].extend([g["modules"][-1]]), "is used twice"),
+    (lambda g: g["inputs"][0].update(dtype="object"), r"inputs\[0\].dtype"),
+    (lambda g: g.update(class_name="os.system"), "class_name"),
 ])
 def test_tampered_graph_is_a_user_error(saved, tmp_path, tamper, message):
     _, folder = saved
@@ -164,7 +182,7 @@ def test_enormous_layer_is_refused_before_allocating(saved, tmp_path):
     bad = _copy(folder, tmp_path / "bad")
     graph = json.loads((bad / "graph.json").read_text())
     (logits,) = [m for m in graph["modules"] if m["name"] == "logits"]
-    logits["config"]["units"] = 10**9  # a 10**9 x 150 float32 weight: 600 GB if it were allocated
+    logits["module"]["args"][1] = 10**9  # nn.Linear(150, out_features)  # a 10**9 x 150 float32 weight: 600 GB if it were allocated
     (bad / "graph.json").write_text(json.dumps(graph))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", HUGE_LAYER, str(bad)], capture_output=True, text=True,

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from keras_ref.parity import copy_weights, keras_to_torch, walk_keras
+from keras_ref.convert import convert
+from keras_ref.parity import copy_weights, walk_keras
 from lightning_cnn.models import count_params
 
 from tests.spec_md import SPEC_PARAMS
@@ -173,6 +174,6 @@ def test_vgg_walk_pairs_nested_top_model():
     paths = [s.path for s in walk_keras(km) if s.kind in ("Conv2D", "Dense")]
     assert paths[:2] == ["block1_conv1", "block1_conv2"] and len(paths) == 15
     assert [p.split("/")[0] for p in paths[-2:]] == ["top_model", "top_model"]
-    twin = keras_to_torch(km)  # frozen Keras layers -> requires_grad=False in the twin
+    twin = convert(km)  # frozen Keras layers -> requires_grad=False in the twin
     assert count_params(twin) == 14_848_586 and count_params(twin, trainable_only=True) == 7_213_322
-    assert [name for name, _ in twin.named_children()][-1] == "top_model"
+    assert [name for name, _ in twin.named_children()][-1].startswith("top_model__")  # nested models inlined

@@ -279,12 +279,12 @@ def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
     """The twin (randomly initialised) that ``graph`` describes; every field is checked first."""
     check_graph(graph, where)
     root = nn.Module()
-    for entry in graph["modules"]:
+    for i, entry in enumerate(graph["modules"]):
         try:
             module = build_module(entry["module"])
         except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, ZeroDivisionError,
                 OverflowError) as error:
-            _fail(where, f"module {entry['name']!r} ({entry['module']['cls']}): bad arguments "
+            _fail(where, f"modules[{i}] {entry['name']!r} ({entry['module']['cls']}): bad arguments "
                          f"{_short(entry['module']['args'])} {_short(entry['module']['kwargs'])} ({error})")
         module.keras_class, module.keras_path = entry["keras_class"], entry["keras_path"]
         root.add_module(entry["name"], module)
