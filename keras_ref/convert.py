@@ -7,7 +7,7 @@
   PyTorch file: ``from model import load``), ``parity.json`` (the check that was run) and, for a compiled model,
   ``compile.json``. Written to a temporary folder first: a failed save leaves nothing behind.
 - ``copy_weights_to_keras(twin, keras_model)``: the weights back (fine-tune in PyTorch, check in Keras).
-- CLI: ``python -m keras_ref.convert MODEL.keras --out FOLDER [--inputs x.npz] [--atol 1e-5]``.
+- CLI: ``python -m keras_ref.convert MODEL.keras --out FOLDER [--inputs x.npz] [--atol 1e-6]``.
 
 The rules (one per layer family: config checks, emitted modules and steps, weight maps both ways) live TF-free in
 ``lightning_cnn.converted.rules``; this module walks the Keras graph (which needs TensorFlow) and calls them.
@@ -34,6 +34,7 @@ import lightning_cnn  # noqa: E402  (its version goes into parity.json)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from keras_ref.operations import call_arguments, describe, is_operation  # noqa: E402
 from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
@@ -41,6 +42,8 @@ from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, Convert
 from lightning_cnn.converted.rules import RULES, Emitter, LayerCall  # noqa: E402
 from lightning_cnn.converted.source import model_source  # noqa: E402
 from lightning_cnn.errors import exit_on_user_error  # noqa: E402
+from keras_ref.tolerance import (ATOL, RULE, float64_inputs, float64_twin, max_abs, tolerance,  # noqa: E402
+                                 within)
 
 __all__ = ["convert", "save_converted", "copy_weights_to_keras", "extract_graph", "RULES", "supported_layers",
            "layer_table", "main"]
@@ -70,6 +73,7 @@ class Extraction:
         self.graph: dict = {}
         self.calls: dict = {}  # id(layer) -> LayerCall
         self.sequence: list = []  # [(LayerCall, input value names, output value name)], one per Keras call
+        self.results: dict = {}  # a call's value -> its results' value names, for calls with several results
 
 
 def _shape(shape) -> list:
@@ -85,11 +89,13 @@ def _graph_of(model):
     return graph
 
 
-def _trace(model, taken: set) -> tuple[list, list, list]:
-    """(inputs, [(LayerCall, input value names, output value name)] in dependency order, outputs); nested models
-    are inlined. A layer called twice shares one LayerCall (one set of modules)."""
+def _trace(model, taken: set) -> tuple[list, list, list, dict]:
+    """(inputs, [(LayerCall, input value names, output value name)] in dependency order, outputs, results of
+    several-result calls); nested models are inlined. A layer called twice shares one LayerCall (one set of
+    modules). Raw keras.ops calls are calls too, each its own (``LayerCall.arguments`` says which operation)."""
     calls: dict[int, LayerCall] = {}
     sequence = []
+    results: dict[str, list] = {}
 
     def trace(submodel, input_values: list, prefix: str) -> list:
         graph = _graph_of(submodel)
@@ -104,7 +110,8 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
                 if isinstance(op, keras.Model):
                     outs = trace(op, ins, path + "/")
                 else:
-                    outs = [layer_call(op, path, node, ins)]
+                    value = layer_call(op, path, node, ins)
+                    outs = [value] if len(node.output_tensors) == 1 else results[value]
                 for tensor, value in zip(node.output_tensors, outs):
                     env[id(tensor)] = value
         return [env[id(t)] for t in graph.outputs]
@@ -113,14 +120,22 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
         in_shapes = [_shape(t.shape) for t in node.input_tensors]
         call = LayerCall(layer, path, "", in_shapes, [_shape(t.shape) for t in node.output_tensors],
                          epsilon=float(keras.config.epsilon()))
-        if not isinstance(layer, keras.layers.Layer):
-            call.fail("a raw keras.ops operation in the graph is not supported; use the equivalent layer")
-        if type(layer).__name__ not in RULES:
-            call.fail(f"unsupported layer for the converter (supported: {', '.join(sorted(RULES))}); add a rule "
-                      "in lightning_cnn/converted/rules/ or replace the layer")
-        if len(node.output_tensors) != 1:
-            call.fail(f"returns {len(node.output_tensors)} tensors; only single-output layers are supported")
-        if id(layer) in calls:
+        if is_operation(layer):
+            try:
+                described = describe(node)
+            except ValueError as error:
+                call.fail(f"{error}; write it with keras.ops calls on tensors and Python numbers")
+            call.arguments = dict(kind=described.kind, config=described.config, args=described.args,
+                                  kwargs=described.kwargs)
+            if call.kind not in RULES:
+                call.fail("this keras.ops operation is not supported by the converter; write it with a supported "
+                          "one or a Keras layer (python -m keras_ref.convert --supported lists them)")
+        elif type(layer).__name__ not in RULES:
+            call.fail("unsupported layer for the converter (python -m keras_ref.convert --supported lists the "
+                      "supported ones); add a rule in lightning_cnn/converted/rules/ or replace the layer")
+        else:
+            call.arguments = call_arguments(node)
+        if id(layer) in calls and not call.is_operation:
             first = calls[id(layer)]
             if first.in_shapes != in_shapes:
                 call.fail("is called on inputs of different shapes; a shared layer must see one shape")
@@ -130,6 +145,8 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
             calls[id(layer)] = call
         value = python_name(call.name, taken) if any(c is call for c, _, _ in sequence) else call.name
         sequence.append((call, ins, value))
+        if len(node.output_tensors) > 1:
+            results[value] = [python_name(f"{value}_{i}", taken) for i in range(len(node.output_tensors))]
         return value
 
     inputs = []
@@ -137,7 +154,7 @@ def _trace(model, taken: set) -> tuple[list, list, list]:
         name = python_name(tensor._keras_history.operation.name, taken)
         inputs.append(dict(name=name, shape=_shape(tensor.shape), dtype=str(tensor.dtype)))
     outputs = trace(model, [i["name"] for i in inputs], "")
-    return inputs, sequence, outputs
+    return inputs, sequence, outputs, results
 
 
 def _flatten_before_dense(sequence: list, outputs: list) -> None:
@@ -165,10 +182,10 @@ def extract_graph(model) -> Extraction:
     if not isinstance(model, keras.Model):
         raise ParityError(f"expected a Keras model, got {type(model).__name__}")
     taken: set = set()
-    inputs, sequence, outputs = _trace(model, taken)
+    inputs, sequence, outputs, results = _trace(model, taken)
     _flatten_before_dense(sequence, outputs)
     ext = Extraction()
-    ext.sequence = sequence
+    ext.sequence, ext.results = sequence, results
     modules: dict = {}
     nodes = []
     for call, ins, value in sequence:
@@ -177,6 +194,12 @@ def extract_graph(model) -> Extraction:
         if not out.steps:
             out.call_module(out.add_module("nn.Identity"))
         nodes.append(dict(name=value, keras_class=call.kind, keras_path=call.path, inputs=ins, steps=out.steps))
+        names = results.get(value, [value])
+        if len(names) > 1 or out.outputs:
+            if len(out.outputs) != len(names):
+                call.fail(f"returns {len(names)} tensors; its rule computes {len(out.outputs) or 1}")
+            nodes += [dict(name=name, keras_class=call.kind, keras_path=call.path, inputs=[value], steps=steps)
+                      for name, steps in zip(names, out.outputs)]
         ext.calls[id(call.layer)] = call
     ext.graph = dict(format=FORMAT, version=VERSION, name=model.name, class_name=python_name(
         _class_name(model.name), set()), layout=LAYOUT_RULE, inputs=inputs, modules=list(modules.values()),
@@ -194,8 +217,20 @@ def _class_name(name: str) -> str:
 # --- weights ---------------------------------------------------------------------------------------------------
 
 
+def _keras_variables(layer) -> dict:
+    """{name: variable} of a layer's weights: the variable's name, or, where names repeat (the query/key/value
+    kernels of MultiHeadAttention, a Bidirectional's two RNNs), its path inside the layer ("query/kernel")."""
+    weights = getattr(layer, "weights", [])  # (a raw keras.ops operation has none)
+    names = [w.name for w in weights]
+    if len(set(names)) == len(names):
+        return dict(zip(names, weights))
+    prefix = f"{layer.path}/"
+    return {w.path[len(prefix):] if w.path.startswith(prefix) else w.path: w for w in weights}
+
+
 def _keras_arrays(layer) -> dict:
-    return {w.name: np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float32) for w in layer.weights}
+    return {name: np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float32)
+            for name, w in _keras_variables(layer).items()}
 
 
 def _torch_state(ext: Extraction) -> dict:
@@ -232,7 +267,7 @@ def convert(keras_model) -> torch.nn.Module:
     """
     ext, twin = _twin_of(keras_model)
     for call in ext.calls.values():
-        if not (bool(call.layer.trainable) and bool(keras_model.trainable)):
+        if not (bool(getattr(call.layer, "trainable", True)) and bool(keras_model.trainable)):
             for attr in call.attrs.values():
                 getattr(twin, attr).requires_grad_(False)
     return twin
@@ -254,7 +289,7 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
     plan = []
     for call in ext.calls.values():
         arrays = RULES[call.kind].to_keras(call, state)
-        variables = {w.name: w for w in call.layer.weights}
+        variables = _keras_variables(call.layer)
         for key, array in arrays.items():
             if tuple(array.shape) != tuple(variables[key].shape):
                 call.fail(f"weight {key}: the twin's converts to {array.shape}, "
@@ -305,19 +340,23 @@ def from_twin_output(t: torch.Tensor) -> np.ndarray:
 
 
 def compare(keras_model, twin, inputs: list) -> list[dict]:
-    """Per output: max |Keras - twin| and the largest |Keras output| on ``inputs`` (Keras layout)."""
+    """Per output on ``inputs`` (Keras layout): max |Keras - twin|, the largest |Keras output|, the twin's own
+    float32 error (max |twin - twin in float64|) and the tolerance ``keras_ref.tolerance`` derives from them."""
     expected = keras_model(inputs if len(inputs) > 1 else inputs[0], training=False)
     expected = [keras.ops.convert_to_numpy(e) for e in (expected if isinstance(expected, (list, tuple))
                                                          else [expected])]
+    twin_inputs = [to_twin_input(x) for x in inputs]
     with torch.no_grad():
-        got = twin.eval()(*[to_twin_input(x) for x in inputs])
-    got = [from_twin_output(g) for g in (got if isinstance(got, tuple) else (got,))]
+        got = twin.eval()(*twin_inputs)
+        exact = float64_twin(twin)(*float64_inputs(twin_inputs))
+    got, exact = ([from_twin_output(g) for g in (out if isinstance(out, tuple) else (out,))] for out in (got, exact))
     report = []
-    for name, e, g in zip(_output_names(twin), expected, got):
+    for name, e, g, x in zip(_output_names(twin), expected, got, exact):
         if e.shape != g.shape:
             raise ParityError(f"output {name!r}: shapes differ (Keras {e.shape}, twin {g.shape} in Keras layout)")
-        report.append(dict(output=name, max_abs_diff=float(np.max(np.abs(e - g))),
-                           max_abs_output=float(np.max(np.abs(e)))))
+        entry = dict(output=name, max_abs_diff=max_abs(e, g), max_abs_output=float(np.max(np.abs(e))),
+                     twin_float32_error=max_abs(g, x))
+        report.append(entry | dict(tolerance=tolerance(entry["twin_float32_error"], entry["max_abs_output"])))
     return report
 
 
@@ -360,13 +399,14 @@ def compile_config_of_file(path) -> dict | None:
         return None
 
 
-def save_converted(keras_model, out_dir, inputs=None, atol: float = 1e-5, *, compile_config=None,
+def save_converted(keras_model, out_dir, inputs=None, atol: float = ATOL, *, compile_config=None,
                    n: int = 8, seed: int = 0) -> Path:
     """Convert ``keras_model`` and write the twin's folder (see the module docstring); returns its path.
 
     ``inputs``: real samples in Keras layout (one array, or a list per model input); else ``n`` random ones.
-    parity.json records, per output, max |Δ| and passes when it is within ``atol`` times max(1, the largest
-    |Keras output|). The folder is written even when the check fails (``passed: false``) so it can be inspected.
+    parity.json records, per output, max |Keras - twin|, the twin's own float32 error and the tolerance; it passes
+    under ``keras_ref.tolerance.RULE`` (``atol`` is its floor, relative to max(1, the largest output)). The
+    folder is written even when the check fails (``passed: false``) so it can be inspected.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "graph.json").is_file())):
@@ -380,8 +420,9 @@ def save_converted(keras_model, out_dir, inputs=None, atol: float = 1e-5, *, com
         inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         source = f"{len(inputs[0])} given inputs"
     report = compare(keras_model, twin, [np.asarray(x) for x in inputs])
-    passed = all(r["max_abs_diff"] <= atol * max(1.0, r["max_abs_output"]) for r in report)
-    parity = dict(passed=passed, atol=atol, tolerance_rule="max_abs_diff <= atol * max(1, max_abs_output)",
+    for r in report:
+        r["tolerance"] = tolerance(r["twin_float32_error"], r["max_abs_output"], atol)
+    parity = dict(passed=all(within(r, atol) for r in report), atol=atol, tolerance_rule=RULE,
                   inputs=source, outputs=report, conversion_seconds=round(seconds, 3),
                   versions=dict(keras=keras.__version__, tensorflow=_tf_version(), torch=torch.__version__,
                                 lightning_cnn=lightning_cnn.__version__))
@@ -441,11 +482,14 @@ def main(argv=None) -> int:
         prog="python -m keras_ref.convert",
         description="Convert a Keras model file (loaded with safe_mode=True: Lambda code is never run) to a "
                     "PyTorch twin folder that lightning_cnn.load_converted reads without TensorFlow. Exit 0 when "
-                    "the twin matches Keras within --atol, 1 when it does not, 2 on bad input.")
+                    "the twin matches Keras within the tolerance (keras_ref.tolerance), 1 when it does not, 2 on "
+                    "bad input.")
     parser.add_argument("model", help=".keras or .h5 file")
     parser.add_argument("--out", required=True, help="folder to write (replaced if it is a converted folder)")
     parser.add_argument("--inputs", help=".npz with real samples in Keras layout (one array per model input)")
-    parser.add_argument("--atol", type=float, default=1e-5, help="tolerance, relative to max(1, largest output)")
+    parser.add_argument("--atol", type=float, default=ATOL,
+                        help="floor of the tolerance, relative to max(1, largest output); the tolerance is 4x the "
+                             "twin's own float32 error (against its float64 run) plus this (keras_ref.tolerance)")
     parser.add_argument("-n", type=int, default=8, help="number of random inputs when --inputs is not given")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -460,8 +504,9 @@ def main(argv=None) -> int:
                          n=args.n, seed=args.seed)
     parity = json.loads((out / "parity.json").read_text())
     for r in parity["outputs"]:
-        print(f"{model.name} output {r['output']}: max |Keras - twin| = {r['max_abs_diff']:.3g} "
-              f"(largest |output| {r['max_abs_output']:.3g}, atol {args.atol:g}) on {parity['inputs']}")
+        print(f"{model.name} output {r['output']}: max |Keras - twin| = {r['max_abs_diff']:.3g}, tolerance "
+              f"{r['tolerance']:.3g} (twin's float32 error {r['twin_float32_error']:.3g}, largest |output| "
+              f"{r['max_abs_output']:.3g}, atol {args.atol:g}) on {parity['inputs']}")
     print(f"{'wrote' if parity['passed'] else 'PARITY FAILED; wrote'} {out} "
           f"(converted in {parity['conversion_seconds']:.2f} s)")
     return 0 if parity["passed"] else 1

@@ -504,9 +504,18 @@ def _load_inputs(path: str, input_shape: tuple, batch: int) -> tuple[np.ndarray,
 
 
 def _report(model, twin, x, source: str, atol: float) -> dict:
-    diff = max_abs_diff(model, twin, x)
+    """The forward check under ``keras_ref.tolerance.RULE`` (the worst output decides)."""
+    from .convert import compare
+    from .tolerance import RULE, tolerance, within
+
+    outputs = compare(model, twin, [np.asarray(x, dtype=np.float32)])
+    for r in outputs:
+        r["tolerance"] = tolerance(r["twin_float32_error"], r["max_abs_output"], atol)
+    worst = max(outputs, key=lambda r: r["max_abs_diff"] / r["tolerance"])
     return {"model": model.name, "parameters": sum(p.numel() for p in twin.parameters()), "inputs": source,
-            "samples": int(len(x)), "max_abs_diff": diff, "atol": atol, "passed": diff <= atol,
+            "samples": int(len(x)), "max_abs_diff": worst["max_abs_diff"], "tolerance": worst["tolerance"],
+            "twin_float32_error": worst["twin_float32_error"], "atol": atol, "tolerance_rule": RULE,
+            "passed": all(within(r, atol) for r in outputs),
             "versions": {"keras": keras.__version__, "torch": torch.__version__, "numpy": np.__version__}}
 
 
@@ -517,6 +526,7 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     from .convert import compile_config_of_file, convert
     from .step_parity import TRAIN_ATOL, train_step_parity
+    from .tolerance import ATOL
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_ref.parity",
@@ -525,7 +535,9 @@ def _main(argv) -> int:
     parser.add_argument("model", help=".keras or .h5 file")
     parser.add_argument("--batch", type=int, default=8, help="samples compared (the first N of --inputs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--atol", type=float, default=1e-5, help="max |Keras - PyTorch| of the outputs")
+    parser.add_argument("--atol", type=float, default=ATOL,
+                        help="floor of the tolerance, relative to max(1, largest output); the tolerance is 4x the "
+                             "twin's own float32 error (against its float64 run) plus this (keras_ref.tolerance)")
     parser.add_argument("--inputs", metavar="NPZ", help="real samples: array 'x' as the model takes them (Keras "
                         "layout, no scaling applied), optional integer labels 'y' for --train-steps; default: random "
                         "in [0, 1)")
@@ -554,7 +566,8 @@ def _main(argv) -> int:
     report = _report(model, twin, x, args.inputs or "random [0, 1)", args.atol)
     lines = [f"{model.name}: {report['parameters']:,} parameters; max |Keras - PyTorch| on {len(x)} "
              f"{'samples from ' + args.inputs if args.inputs else 'random inputs in [0, 1)'} = "
-             f"{report['max_abs_diff']:.3g} (atol {args.atol:g})"]
+             f"{report['max_abs_diff']:.3g} (tolerance {report['tolerance']:.3g}: 4 x the twin's float32 error "
+             f"{report['twin_float32_error']:.3g} + atol {args.atol:g})"]
     if args.train_steps:
         if y is None:
             y = rng.integers(0, int(model.outputs[0].shape[-1]), len(x))

@@ -19,7 +19,8 @@ def test_compare_one_small_model(tmp_path):
     row = compare_model("MobileNetV2-0.35", 32, None, repeats=1, timeout=300)
     ours = row["keras_ref.convert"]
     assert ours["converts"] == "yes" and ours["trains_one_step"] == "yes" and ours["images_per_s"] > 0
-    # the converter's own acceptance bound: 1e-5 relative to the largest output (float32)
+    # the comparison report has no float64 run; a 1e-5 relative bound is far above MobileNetV2-0.35's rounding
+    # (measured 1e-7 relative) and far below any conversion mistake (O(1))
     assert ours["max_abs_diff"] <= 1e-5 * max(1.0, row["max_abs_output"])
     for peer in TOOLS[1:]:
         assert row[peer]["converts"] in ("yes", "no", "not installed"), row[peer]

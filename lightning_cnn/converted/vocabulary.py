@@ -48,7 +48,9 @@ MODULES.update(HELPERS)
 FUNCTIONS = {
     **{f"torch.{name}": getattr(torch, name) for name in (
         "relu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "abs", "square", "softmax", "log_softmax", "cat",
-        "stack", "maximum", "minimum", "clamp", "where", "matmul", "mean", "sum", "amax", "amin", "flatten")},
+        "stack", "maximum", "minimum", "clamp", "where", "matmul", "mean", "sum", "amax", "amin", "flatten",
+        "gt", "ge", "lt", "le", "eq", "ne", "floor_divide", "remainder", "logical_and", "logical_or", "logical_not",
+        "sign", "floor", "ceil", "round", "erf", "reciprocal", "einsum")},
     **{f"F.{name}": getattr(F, name) for name in (
         "pad", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "mish", "hardsigmoid", "hardswish",
         "softplus", "softsign", "interpolate")},
@@ -61,7 +63,7 @@ INFIX = {"operator.add": "+", "operator.sub": "-", "operator.mul": "*", "operato
 METHODS = frozenset((
     "permute", "transpose", "flatten", "unflatten", "reshape", "view", "mean", "sum", "amax", "amin", "select",
     "narrow", "long", "float", "movedim", "squeeze", "unsqueeze", "repeat_interleave", "contiguous", "chunk",
-    "split"))
+    "split", "tensor_split", "bool", "flip"))
 
 
 def is_ref(value) -> bool:

@@ -49,10 +49,14 @@ class LayerCall:
     flatten_hwc: tuple | None = None  # a Dense fed by a channels-first Flatten of this (H, W, C) tensor
     flatten_chw: bool = False  # this Flatten feeds only Dense layers: flatten channels first, permute their columns
     attrs: dict = field(default_factory=dict)  # role -> attribute name (filled by Emitter.add_module)
+    # The call's arguments as data (keras_ref.operations): {"args": [...], "kwargs": {...}}, the k-th input tensor
+    # written {"input": k}; for a raw keras.ops call also "kind" (its public name, e.g. "keras.ops.add", which is
+    # its RULES key) and "config" (its settings).
+    arguments: dict = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
-        return type(self.layer).__name__
+        return self.arguments.get("kind") or type(self.layer).__name__
 
     @property
     def rank(self) -> int:
@@ -60,13 +64,19 @@ class LayerCall:
 
     @property
     def config(self) -> dict:
-        return self.layer.get_config()
+        return self.arguments["config"] if "config" in self.arguments else self.layer.get_config()
+
+    @property
+    def is_operation(self) -> bool:
+        """A raw keras.ops call (``x + 3.0``), not a layer."""
+        return "kind" in self.arguments
 
     def key(self, parameter: str, role: str | None = None) -> str:
         return f"{self.attrs[role]}.{parameter}"
 
     def fail(self, why: str):
-        raise ConversionError(f"layer {self.path!r} ({self.kind}): {why}")
+        what = "operation" if self.is_operation else "layer"
+        raise ConversionError(f"{what} {self.path!r} ({self.kind}): {why}")
 
 
 class Emitter:
@@ -75,6 +85,15 @@ class Emitter:
     def __init__(self, call: LayerCall, modules: dict, taken: set, python_name):
         self.call, self.modules, self.taken, self.python_name = call, modules, taken, python_name
         self.steps: list = []
+        self.outputs: list = []  # a call with several results: one chain of steps per result (see next_output)
+
+    def next_output(self) -> None:
+        """For a call with several results (``ops.split``, ``LSTM(return_state=True)``): the steps after this
+        compute the next result from the call's value (``X`` starts as the value the main chain computed)."""
+        self.outputs.append([])
+
+    def _append(self, step: dict) -> None:
+        (self.outputs[-1] if self.outputs else self.steps).append(step)
 
     def add_module(self, cls: str, *args, role: str | None = None, frozen=(), **kwargs) -> str:
         """Describe a module (``cls`` from MODULES); ``frozen``: parameters Keras does not have (held fixed)."""
@@ -92,17 +111,17 @@ class Emitter:
         return attr
 
     def call_module(self, attr: str, *args) -> None:
-        self.steps.append(dict(module=attr, args=_jsonable(list(args) or [X])))
+        self._append(dict(module=attr, args=_jsonable(list(args) or [X])))
 
     def function(self, name: str, *args, **kwargs) -> None:
         if name not in FUNCTIONS:
             raise KeyError(f"{name!r} is not in vocabulary.FUNCTIONS")
-        self.steps.append(dict(function=name, args=_jsonable(list(args)), kwargs=_jsonable(kwargs)))
+        self._append(dict(function=name, args=_jsonable(list(args)), kwargs=_jsonable(kwargs)))
 
     def method(self, name: str, *args, **kwargs) -> None:
         if name not in METHODS:
             raise KeyError(f"{name!r} is not in vocabulary.METHODS")
-        self.steps.append(dict(method=name, args=_jsonable(list(args)), kwargs=_jsonable(kwargs)))
+        self._append(dict(method=name, args=_jsonable(list(args)), kwargs=_jsonable(kwargs)))
 
 
 def _jsonable(value):
@@ -224,5 +243,5 @@ def with_bias(arrays: dict, key: str, state: dict) -> dict:
     return state | ({key: arrays["bias"]} if "bias" in arrays else {})
 
 
-from . import (activations, conv, dense, embedding, merging, normalization, pooling, preprocessing,  # noqa: E402
-               recurrent, regularization, reshaping)
+from . import (activations, conv, dense, embedding, merging, normalization, operations, pooling,  # noqa: E402
+               preprocessing, recurrent, regularization, reshaping)
