@@ -177,7 +177,7 @@ def test_images_are_resized_to_the_model_and_image_size_must_agree(cifar, tmp_pa
     assert whole(resized)[0].shape == (10, 3, 40, 24)
 
 
-def _png_declaring(width: int, height: int) -> bytes:
+def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares width x height 8-bit gray pixels (a decompression bomb's header)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -196,7 +196,7 @@ def test_an_unreadable_image_is_one_line_naming_it(cifar, tmp_path, fault, worke
     elif fault == "not an image":
         bad.write_text("<html>404</html>")
     else:
-        bad.write_bytes(_png_declaring(30_000, 30_000))  # 900 M pixels in 100 bytes
+        bad.write_bytes(png_declaring(30_000, 30_000))  # 900 M pixels in 100 bytes
     data = UserDataModule(tmp_path, CIFAR_MODEL, workers=workers, batch_size=4)
     with pytest.raises(UserDataError) as error:
         for _ in data.train_dataloader():
