@@ -247,6 +247,10 @@ class FinalActivationInput:
 class CompiledTwinModule(KerasStyleModule):
     """Trains ``network`` (NCHW images in, one output per class) with a Keras compile config.
 
+    Training runs the twin in training mode, as Keras's ``fit`` calls the model with ``training=True`` (dropout on,
+    batch normalization on batch statistics), except the layers Keras froze (``trainable=False``: every weight of
+    the module frozen), which Keras 3 runs in inference mode. Lightning keeps these modes through ``fit`` and
+    switches to eval for validation and test.
     ``source`` names the Keras model (its path) in every checkpoint, so that a twin's checkpoint and a documented
     model's are never mistaken for each other; ``compiled`` and ``steps_per_execution`` as for
     ``KerasRecipeModule``.
@@ -255,7 +259,11 @@ class CompiledTwinModule(KerasStyleModule):
     def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int, *, source: str = "",
                  compiled: bool = False, steps_per_execution: int = 1):
         super().__init__(num_classes, steps_per_execution)
-        self.network = network
+        self.network = network.train()
+        for module in network.modules():
+            weights = list(module.parameters(recurse=False))
+            if weights and not any(w.requires_grad for w in weights):
+                module.eval()
         self.compile_config = compile_config
         self.source = source
         self._final_activation = FinalActivationInput(network, compile_config.logits_activations)

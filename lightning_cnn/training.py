@@ -189,11 +189,11 @@ def fit_and_test(config: RunConfig) -> dict:
             return _fit_and_test(config, model, data, out)
 
 
-def _stopped(trainer: L.Trainer, out: Path, error_class):
+def _stopped(trainer: L.Trainer, out: Path, error_class, stage):
     """What Ctrl-C or SIGTERM left: say what was kept and how to go on."""
     last = out / "checkpoints" / "last.ckpt"
-    where = (f"during epoch {trainer.current_epoch + 1} (optimizer step {trainer.global_step})" if trainer.training
-             else "while testing the trained model")
+    where = (f"during epoch {trainer.current_epoch + 1} (optimizer step {trainer.global_step})"
+             if stage == trainer.fit else "while testing the trained model")
     if not last.is_file():
         return error_class(f"training stopped {where}, before the first checkpoint; nothing to resume from")
     epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
@@ -207,10 +207,10 @@ def _run_stage(trainer: L.Trainer, out: Path, stage, *args, **kwargs):
     try:
         return stage(*args, **kwargs)
     except SIGTERMException:
-        raise _stopped(trainer, out, Terminated) from None
+        raise _stopped(trainer, out, Terminated, stage) from None
     except SystemExit:
         if trainer.interrupted:
-            raise _stopped(trainer, out, Interrupted) from None
+            raise _stopped(trainer, out, Interrupted, stage) from None
         raise
 
 

@@ -15,12 +15,14 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import textwrap
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -602,3 +604,378 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
     reliability("crashes", "Ctrl-C (SIGINT) during epoch 2",
                 f"{line.replace(str(out), 'OUT')}; exit status 130; environment variables, the SIGINT handler, "
                 "torch's thread count and glibc's malloc settings are as before the run")
+
+
+# --- SIGTERM (kill, a cluster's scheduler): like Ctrl-C, exit status 143 ------------------------------------------
+
+
+def test_sigterm_during_fit_names_the_checkpoint_to_resume_and_exits_143(data_dir, tmp_path, reliability):
+    out = tmp_path / "out"
+    process = train_process(train_args(out, data_dir, "--epochs", 3, "--train-images", 1280), tmp_path)
+    last = out / "checkpoints" / "last.ckpt"
+    wait_for(last, process)
+    time.sleep(0.3)  # into epoch 2
+    process.send_signal(signal.SIGTERM)
+    status, err = finish(process)
+    assert "Traceback" not in err, err[-3000:]
+    assert status == 143, (status, err[-3000:])
+    lines = [line for line in err.splitlines() if line.startswith("terminated: ")]
+    assert len(lines) == 1 and f"--resume {last}" in lines[0] and "after epoch 1" in lines[0], err[-3000:]
+    from lightning_cnn.predict import load_checkpoint_model
+
+    load_checkpoint_model(last, MODEL)  # whole, the right model, finite weights
+    assert ckpt_epoch(last) == 0
+    assert partial_files(out, tmp_path / "tmpdir") == []
+    reliability("crashes", "SIGTERM (`kill`, a scheduler's preemption) during epoch 2",
+                f"{lines[0].replace(str(out), 'OUT')}; exit status 143")
+
+
+# --- a --keras-model twin: the same run core, and a bad folder refused at load --------------------------------------
+
+_CONVERT_SMALL_TWINS = """
+import sys
+from pathlib import Path
+from keras_ref import load_tensorflow
+keras = load_tensorflow()
+from keras import layers
+from keras_ref.convert import save_converted
+for classes in (10, 5):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = layers.Flatten(name="flatten")(layers.Conv2D(4, 3, strides=2, activation="relu", name="stem")(inputs))
+    model = keras.Model(inputs, layers.Dense(classes, activation="softmax", name="probs")(x), name=f"small{classes}")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    save_converted(model, Path(sys.argv[1]) / f"twin{classes}")
+"""
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory) -> Path:
+    """Converted folders (python -m keras_ref.convert's save_converted, in a child process: TensorFlow) of a small
+    Keras CNN for MNIST's (28, 28, 1) images compiled with Adam and sparse categorical cross-entropy, with 10
+    outputs (twin10) and with 5 (twin5)."""
+    folder = tmp_path_factory.mktemp("twins")
+    result = subprocess.run([sys.executable, "-c", _CONVERT_SMALL_TWINS, str(folder)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def twin_checkpoint(twins, data_dir, tmp_path_factory) -> Path:
+    """The last.ckpt of a short twin run (4 steps), through the command line's run core."""
+    from lightning_cnn.training import RunConfig, fit_and_test
+
+    out = tmp_path_factory.mktemp("twin_run")
+    fit_and_test(RunConfig(keras_model=str(twins / "twin10"), dataset="mnist", accelerator="cpu",
+                           data_dir=str(data_dir), out=str(out), limit_train_batches=4, limit_test_batches=1,
+                           progress_bar=False))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def twin_args(folder: Path, out: Path, data_dir: Path, *extra) -> list:
+    return ["--keras-model", folder, "--dataset", "mnist", "--accelerator", "cpu", "--data-dir", data_dir,
+            "--out", out, "--limit-train-batches", 4, "--limit-test-batches", 1, *extra]
+
+
+TWIN_FLAGS = [
+    (["--epochs", "-1"], "--epochs -1: train for 1 or more epochs"),
+    (["--init", "torch"], "--init torch: not for --keras-model"),
+    (["--weights", "none"], "--weights none: not for --keras-model"),
+    (["--limit-val-batches", "2"], "--limit-val-batches 2: this run has no validation data"),
+]
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("argv, needle", TWIN_FLAGS, ids=[" ".join(a) for a, _ in TWIN_FLAGS])
+def test_twin_path_refuses_flags_it_cannot_honour(capsys, twins, data_dir, tmp_path, reliability, argv, needle):
+    out = tmp_path / "out"
+    status, err = cli(capsys, "train", *twin_args(twins / "twin10", out, data_dir, *argv))
+    line = assert_one_line_error(status, err, needle)
+    assert not out.exists()  # refused before the run folder is made
+    reliability("`train.py --keras-model`", f"`{' '.join(argv)}`", line)
+
+
+@pytest.mark.keras
+def test_twin_path_takes_train_images_and_steps_per_execution(capsys, twins, data_dir, tmp_path, reliability):
+    """--train-images 96 (3 batches of 32) and --steps-per-execution 3 (one Lightning step of 3 optimizer steps)
+    on the twin: the same weights, bit for bit, as one step per batch, and exactly 96 images an epoch."""
+    weights = {}
+    for k in (1, 3):
+        out = tmp_path / f"k{k}"
+        status, err = cli(capsys, "train", "--keras-model", twins / "twin10", "--dataset", "mnist", "--accelerator",
+                          "cpu", "--data-dir", data_dir, "--out", out, "--train-images", 96, "--epochs", 2,
+                          "--steps-per-execution", k, "--limit-test-batches", 1, "--metrics-json", out / "m.json")
+        assert status == 0, err[-3000:]
+        report = json.loads((out / "m.json").read_text())
+        assert report["train_samples_last_epoch"] == 96 and report["epochs_run"] == 2, report
+        checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert checkpoint["global_step"] == 6  # optimizer steps: 2 epochs x 3 batches, whatever k is
+        weights[k] = checkpoint["state_dict"]
+    assert all(torch.equal(weights[1][key], weights[3][key]) for key in weights[1])
+    reliability("`train.py --keras-model`", "`--train-images 96 --steps-per-execution 3`",
+                "trains on exactly 96 images an epoch, 6 optimizer steps in 2 epochs, bit-identical weights to one "
+                "step per batch")
+
+
+@pytest.mark.keras
+def test_twin_with_nan_weights_is_refused_at_load(capsys, twins, data_dir, tmp_path, reliability):
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(twins / "twin10", tmp_path / "nan_twin"))
+    state = load_file(folder / "weights.safetensors")
+    first = sorted(state)[0]
+    state[first].view(-1)[0] = float("nan")
+    save_file(state, folder / "weights.safetensors")
+    out = tmp_path / "out"
+    status, err = cli(capsys, "train", *twin_args(folder, out, data_dir))
+    line = assert_one_line_error(status, err, str(folder / "weights.safetensors"), "non-finite weights", first)
+    assert not out.exists()
+    reliability("`train.py --keras-model`", "a converted folder whose weights hold a NaN", line)
+
+
+@pytest.mark.keras
+def test_twin_with_five_outputs_on_ten_classes_names_both(capsys, twins, data_dir, tmp_path, reliability):
+    out = tmp_path / "out"
+    status, err = cli(capsys, "train", *twin_args(twins / "twin5", out, data_dir))
+    line = assert_one_line_error(status, err, "5 outputs", "10 classes")
+    assert not out.exists()
+    reliability("`train.py --keras-model`", "a model with 5 outputs on MNIST's 10 classes", line)
+
+
+@pytest.mark.keras
+def test_resume_across_the_two_paths_is_refused(capsys, twins, twin_checkpoint, trained, data_dir, tmp_path,
+                                                reliability):
+    status, err = cli(capsys, "train", *twin_args(twins / "twin10", tmp_path / "a", data_dir, "--resume", trained))
+    line = assert_one_line_error(status, err, f"--resume {trained}", "documented model 'mnist_mlp_t9_1'",
+                                 "--model mnist_mlp_t9_1")
+    reliability("checkpoints", "`train.py --keras-model DIR --resume` with a documented model's checkpoint", line)
+    status, err = cli(capsys, "train", *train_args(tmp_path / "b", data_dir, "--resume", twin_checkpoint))
+    line = assert_one_line_error(status, err, str(twin_checkpoint), "twin of --keras-model")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    reliability("checkpoints", "`train.py --model M --resume` with a --keras-model twin's checkpoint", line)
+
+
+def _set(path: list, value):
+    def change(config):
+        for key in path[:-1]:
+            config = config[key]
+        config[path[-1]] = value
+    return change
+
+
+COMPILE_FAULTS = {  # what was done to compile.json -> (the change: text or a function of the dict, needles)
+    "not JSON": ("{'optimizer': adam", ["not valid JSON"]),
+    "a list": ("[1, 2, 3]", ["found a list"]),
+    "learning_rate -1": (_set(["optimizer", "config", "learning_rate"], -1), ["learning_rate is -1", "(0, inf)"]),
+    "learning_rate NaN": (_set(["optimizer", "config", "learning_rate"], float("nan")), ["learning_rate is nan"]),
+    "beta_1 7.0": (_set(["optimizer", "config", "beta_1"], 7.0), ["beta_1 is 7.0", "[0, 1)"]),
+    "label_smoothing \"lots\"": (_set(["loss"], {"class_name": "CategoricalCrossentropy",
+                                                 "config": {"label_smoothing": "lots"}}),
+                                 ["label_smoothing is 'lots'", "[0, 1]"]),
+    "an unknown optimizer": (_set(["optimizer", "class_name"], "Frobnicate"), ["'Frobnicate' is not supported"]),
+    "an unknown loss": (_set(["loss"], "frobnicate_loss"), ["loss 'frobnicate_loss' is not supported"]),
+    "an unknown field": (_set(["loss_weightz"], None), ["unknown field 'loss_weightz'"]),
+}
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("fault", list(COMPILE_FAULTS))
+def test_tampered_compile_json_is_refused_at_load_naming_the_field(capsys, twins, data_dir, tmp_path, reliability,
+                                                                   fault):
+    folder = Path(shutil.copytree(twins / "twin10", tmp_path / "twin"))
+    change, needles = COMPILE_FAULTS[fault]
+    compile_file = folder / "compile.json"
+    if isinstance(change, str):
+        compile_file.write_text(change)
+    else:
+        config = json.loads(compile_file.read_text())
+        change(config)
+        compile_file.write_text(json.dumps(config))  # NaN is written as NaN, which Python's json reads back
+    out = tmp_path / "out"
+    status, err = cli(capsys, "train", *twin_args(folder, out, data_dir))
+    line = assert_one_line_error(status, err, str(compile_file), *needles)
+    assert not out.exists()
+    reliability("`compile.json` of a converted folder", fault, line)
+
+
+# --- output files named as folders, refused before the work -------------------------------------------------------
+
+
+def test_metrics_json_naming_a_folder_is_refused_before_training(capsys, data_dir, tmp_path, reliability):
+    out = tmp_path / "out"
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    status, err = cli(capsys, "train", *train_args(out, data_dir, "--epochs", 1, "--metrics-json", folder))
+    line = assert_one_line_error(status, err, f"--metrics-json {folder} is a folder")
+    assert not out.exists()  # before any training
+    reliability("output", "`train.py --metrics-json DIR` (an existing folder)", line)
+
+
+def test_predict_json_naming_a_folder_is_refused_before_predicting(capsys, trained, tmp_path, reliability):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    capsys.readouterr()
+    from lightning_cnn.cli.predict import main
+
+    status = main(["--checkpoint", str(trained), "--test-indices", "0", "--json", str(folder)])
+    captured = capsys.readouterr()
+    line = assert_one_line_error(status, captured.err, f"--json {folder} is a folder")
+    assert "test[0]" not in captured.out and list(folder.iterdir()) == []
+    reliability("output", "`predict.py --json DIR` (an existing folder)", line)
+
+
+def _png(width: int, height: int, pixels: bytes) -> bytes:
+    """A grayscale 8-bit PNG of that declared size whose image data is ``pixels`` (filter bytes included)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixels, 9)) + chunk(
+        b"IEND", b"")
+
+
+def test_predict_on_a_png_decompression_bomb_answers_the_other_images(capsys, trained, data_dir, tmp_path,
+                                                                      reliability):
+    """A 100 KB PNG declaring 100,000 x 100,000 pixels (10 GB decoded; PIL's limit is 89 M pixels) beside a real
+    MNIST digit: one error line for the bomb, the digit still gets its answer, exit status 1 (some answers
+    missing)."""
+    from PIL import Image
+
+    from lightning_cnn.data import load_dataset
+
+    _, (x_test, _) = load_dataset("mnist", data_dir)
+    good = tmp_path / "digit.png"
+    Image.fromarray(x_test[0]).save(good)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png(100_000, 100_000, bytes(100_000_000)))
+    assert bomb.stat().st_size < 200_000
+    capsys.readouterr()
+    from lightning_cnn.cli.predict import main
+
+    status = main(["--checkpoint", str(trained), str(bomb), str(good)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and status == 1, (status, captured.err)
+    lines = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and str(bomb) in lines[0] and "decompression bomb" in lines[0], captured.err
+    assert captured.out.startswith(f"{good}: "), captured.out
+    reliability("images given to `predict`", "a 100 KB PNG declaring 100,000 x 100,000 pixels, beside a good image",
+                f"{lines[0]}; the good image still gets its answer; exit status 1")
+
+
+# --- beyond one machine ---------------------------------------------------------------------------------------------
+
+
+def test_num_nodes_without_a_launcher_is_refused(capsys, data_dir, tmp_path, reliability):
+    out = tmp_path / "out"
+    status, err = cli(capsys, "train", *train_args(out, data_dir, "--num-nodes", 2))
+    line = assert_one_line_error(status, err, "--num-nodes 2", "torchrun or srun")
+    assert not out.exists()  # Lightning would otherwise wait for the second node forever
+    reliability("beyond one machine", "`--num-nodes 2` started without torchrun or srun", line)
+
+
+def test_tensorboard_logger_without_tensorboard_is_one_line(capsys, data_dir, tmp_path, monkeypatch, reliability):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the [tensorboard] extra were not installed
+    out = tmp_path / "out"
+    status, err = cli(capsys, "train", *train_args(out, data_dir, "--logger", "tensorboard"))
+    line = assert_one_line_error(status, err, "--logger tensorboard needs the tensorboard package",
+                                 "lightning-cnn[tensorboard]")
+    assert not out.exists()
+    reliability("`train.py` flags", "`--logger tensorboard` without the tensorboard package", line)
+
+
+_LOGGED_RUN = """
+import json, sys
+from lightning_cnn.training import RunConfig, fit_and_test
+fit_and_test(RunConfig(**json.loads(sys.argv[1])))
+print("TENSORFLOW_LOADED", "tensorflow" in sys.modules)
+"""
+
+
+def _scalar_tags(path: Path) -> set:
+    """The scalar names in a TensorBoard event file, read as the records it is (length, CRC, an Event message, CRC)
+    through TensorBoard's protobuf classes only: its readers would load TensorFlow into this process."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    data, at, tags = path.read_bytes(), 0, set()
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        event = Event.FromString(data[at + 12:at + 12 + length])
+        tags |= {value.tag for value in event.summary.value}
+        at += 12 + length + 4
+    return tags
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
+def test_logger_writes_beside_metrics_csv(data_dir, tmp_path, reliability, logger):
+    """TensorBoard in a fresh process, so that what its writer imports can be seen: it must not load TensorFlow
+    (it would, by default, when TensorFlow is installed)."""
+    if logger == "tensorboard":
+        pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
+    out = tmp_path / "out"
+    config = dict(model=MODEL, accelerator="cpu", data_dir=str(data_dir), out=str(out), epochs=2,
+                  train_images="320", limit_test_batches=1, progress_bar=False, logger=logger)
+    if logger == "tensorboard":
+        result = subprocess.run([sys.executable, "-c", _LOGGED_RUN, json.dumps(config)], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "TENSORFLOW_LOADED False" in result.stdout
+    else:
+        from lightning_cnn.training import RunConfig, fit_and_test
+
+        fit_and_test(RunConfig(**config))
+    assert (out / "metrics.csv").is_file() and (out / "learning_curves.png").is_file()
+    if logger == "csv":
+        logged = (out / "logs/csv/version_0/metrics.csv").read_text().splitlines()
+        assert logged[0].startswith("epoch,step") and len(logged) == 1 + 2 + 1  # header, 2 epochs, the test
+        found = "OUT/logs/csv/version_0/metrics.csv (a row per epoch and one for the test)"
+    else:
+        tags = set().union(*map(_scalar_tags, (out / "logs/tensorboard/version_0").glob("events.out.tfevents.*")))
+        assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= tags, tags
+        found = "OUT/logs/tensorboard/version_0/events.* (train/test loss and accuracy), TensorFlow not loaded"
+    reliability("`train.py` flags", f"`--logger {logger}`", f"{found}, beside metrics.csv and learning_curves.png")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_with_torchrun_train_as_one_process_with_the_same_global_batch(data_dir, tmp_path, reliability):
+    """Two "nodes" on this machine (torchrun --nnodes 2 --nproc-per-node 1, twice, CPU, gloo), 16 images each a
+    step, against one process with batch 32: 2 epochs of 384 MNIST images, 24 optimizer steps of mnist_cnn_small
+    (no dropout). The ranks take the even and the odd places of one permutation, so each global batch is the one
+    process's batch, and DDP averages the two halves' gradients into its gradient.
+    Tolerance 1e-5 on every weight: only float32 summation order differs (the mean of two half-batch means vs one
+    mean), which Adam can amplify near zero gradients; measured 4e-7 after 24 steps. A rank that trained on the
+    wrong samples, or gradients summed instead of averaged, moves weights by about Adam's step (1e-3) per step."""
+    common = ["--model", "mnist_cnn_small", "--accelerator", "cpu", "--data-dir", data_dir, "--epochs", 2,
+              "--train-images", 384, "--limit-test-batches", 1, "--seed", 5]
+    script = str(REPO / "scripts" / "train.py")
+    port = _free_port()
+    node = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+            "--master-port", str(port)]
+    two = ["--batch-size", "16", "--num-nodes", "2", "--devices", "1", "--strategy", "ddp", "--out", tmp_path / "two"]
+    runs = [[*node, "--node-rank", "0", script, *common, *two], [*node, "--node-rank", "1", script, *common, *two],
+            [script, *common, "--batch-size", "32", "--out", tmp_path / "one"]]  # all three at once
+    processes = [subprocess.Popen([sys.executable, *map(str, run)], cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for run in runs]
+    try:
+        errors = [process.communicate(timeout=300)[1] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert [process.returncode for process in processes] == [0, 0, 0], [err[-2000:] for err in errors]
+    a, b = (torch.load(tmp_path / run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+            for run in ("one", "two"))
+    assert a["global_step"] == b["global_step"] == 24
+    difference = max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
+    assert difference <= 1e-5, difference
+    losses = [[float(row.split(",")[2]) for row in (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]]
+              for run in ("one", "two")]
+    assert np.allclose(losses[0], losses[1], rtol=0, atol=1e-5), losses  # same tolerance, per-epoch mean loss
+    reliability("beyond one machine", "two nodes (`torchrun --nnodes 2 --nproc-per-node 1`, twice on localhost, "
+                "gloo) vs one process with the same global batch, 24 steps",
+                f"the same run: final weights within {difference:.1e} (bound 1e-5), same per-epoch losses")
