@@ -22,14 +22,13 @@ import sys
 import textwrap
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.test_user_data import png_declaring
+from tests.png import png
 
 
 pytestmark = pytest.mark.faults
@@ -239,7 +238,7 @@ def _bad_data(kind: str, root: Path, digits: Path) -> tuple[Path, list[str], str
         return flat, [], "has no class subfolders"
     if kind in ("a truncated PNG", "a decompression-bomb PNG"):
         bad = sorted((folder / "4").iterdir())[0]
-        bad.write_bytes(bad.read_bytes()[:50] if kind == "a truncated PNG" else png_declaring(40_000, 40_000))
+        bad.write_bytes(bad.read_bytes()[:50] if kind == "a truncated PNG" else png(40_000, 40_000))
         return folder, [], f"cannot read image {bad}"
     if kind == "--image-size for a fixed-size model":
         return folder, ["--image-size", "64", "64"], "--image-size 64x64: the model takes 28x28"
@@ -825,15 +824,6 @@ def test_predict_json_naming_a_folder_is_refused_before_predicting(capsys, train
     reliability("output", "`predict.py --json DIR` (an existing folder)", line)
 
 
-def _png(width: int, height: int, pixels: bytes) -> bytes:
-    """A grayscale 8-bit PNG of that declared size whose image data is ``pixels`` (filter bytes included)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixels, 9)) + chunk(
-        b"IEND", b"")
-
-
 def test_predict_on_a_png_decompression_bomb_answers_the_other_images(capsys, trained, data_dir, tmp_path,
                                                                       reliability):
     """A 100 KB PNG declaring 100,000 x 100,000 pixels (10 GB decoded; PIL's limit is 89 M pixels) beside a real
@@ -847,7 +837,7 @@ def test_predict_on_a_png_decompression_bomb_answers_the_other_images(capsys, tr
     good = tmp_path / "digit.png"
     Image.fromarray(x_test[0]).save(good)
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png(100_000, 100_000, bytes(100_000_000)))
+    bomb.write_bytes(png(100_000, 100_000, bytes(100_000_000)))
     assert bomb.stat().st_size < 200_000
     capsys.readouterr()
     from lightning_cnn.cli.predict import main
