@@ -7,7 +7,6 @@ MNIST models (inverted when the background is light, since MNIST digits are whit
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,24 +120,20 @@ def _check_finite(path: Path, state: dict) -> None:
 def load_image(path: str | Path, spec: ModelSpec, invert: str = "auto") -> np.ndarray:
     """One image file as the uint8 array the model's dataset uses: (28, 28) grayscale or (32, 32, 3) RGB.
 
-    An image declaring more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a small file that
-    would decode to gigabytes) is refused from its header, before anything is decoded."""
-    from PIL import Image, UnidentifiedImageError
+    Decoded as ``--data`` folders are (``user_data.image_folder.read_image``): an image declaring more pixels than
+    PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a small file that would decode to gigabytes) is refused
+    from its header, before anything is decoded."""
+    from .user_data.image_folder import UnreadableImage, read_image
 
     height, width, channels = spec.input_shape
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice its limit
-            with Image.open(path) as image:
-                image.load()
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(f"cannot read image {path}: refused as a possible decompression bomb ({error})") from None
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
-    array = np.asarray(image, dtype=np.uint8)
-    if channels == 1 and (invert == "yes" or (invert == "auto" and array.mean() > 127)):
-        array = 255 - array
+        array = read_image(str(path), height, width, "L" if channels == 1 else "RGB")
+    except UnreadableImage as error:
+        raise ValueError(f"cannot read image {path}: {error.reason}") from None
+    if channels == 1:
+        array = array[:, :, 0]
+        if invert == "yes" or (invert == "auto" and array.mean() > 127):
+            array = 255 - array
     return array
 
 

@@ -22,12 +22,13 @@ import sys
 import textwrap
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests.png import png
 
 
 pytestmark = pytest.mark.faults
@@ -192,6 +193,90 @@ def test_npz_with_an_absurd_header_shape_is_refused_before_allocating(tmp_path, 
     assert peak < 2 * MNIST_BYTES, f"the load raised peak RSS by {peak / 1e6:.0f} MB"
     reliability("data", "mnist.npz whose x_train header declares 10^12 images",
                 f"{line} (peak RSS grew by {peak / 1e6:.0f} MB)")
+
+
+# --- the user's own data (--data): one line naming the file, folder or array, before or during training --------
+
+
+@pytest.fixture(scope="module")
+def digits_folder(data_dir, tmp_path_factory) -> Path:
+    """30 real MNIST test digits as ROOT/<digit>/<n>.png, 3 per class: --data for MODEL (28x28x1, 10 outputs)."""
+    from PIL import Image
+
+    from lightning_cnn.data import load_dataset
+
+    _, (x, y) = load_dataset("mnist", data_dir)
+    root = tmp_path_factory.mktemp("digits")
+    for digit in range(10):
+        (root / str(digit)).mkdir()
+        for i in np.flatnonzero(y == digit)[:3]:
+            Image.fromarray(x[i]).save(root / str(digit) / f"{i}.png")
+    return root
+
+
+def _bad_data(kind: str, root: Path, digits: Path) -> tuple[Path, list[str], str]:
+    """(--data path, extra flags, what the error line must name) for one kind of bad --data."""
+    x, y = np.zeros((8, 28, 28), np.uint8), np.arange(8) % 10
+    if kind == "missing":
+        return root / "nowhere", [], "does not exist"
+    if kind == "a .csv file":
+        (root / "d.csv").write_text("1,2\n")
+        return root / "d.csv", [], "is neither a folder nor an .npz"
+    folder = root / "folder"
+    shutil.copytree(digits, folder)
+    if kind == "3 class folders for 10 outputs":
+        for digit in range(3, 10):
+            shutil.rmtree(folder / str(digit))
+        return folder, [], "has 3 classes but the model has 10 outputs"
+    if kind == "an empty class folder":
+        (folder / "9_extra").mkdir()
+        return folder, [], f"class folder {folder / '9_extra'} holds no images"
+    if kind == "images but no class folders":
+        flat = root / "flat"
+        flat.mkdir()
+        shutil.copy(next((folder / "0").iterdir()), flat / "a.png")
+        return flat, [], "has no class subfolders"
+    if kind in ("a truncated PNG", "a decompression-bomb PNG"):
+        bad = sorted((folder / "4").iterdir())[0]
+        bad.write_bytes(bad.read_bytes()[:50] if kind == "a truncated PNG" else png(40_000, 40_000))
+        return folder, [], f"cannot read image {bad}"
+    if kind == "--image-size for a fixed-size model":
+        return folder, ["--image-size", "64", "64"], "--image-size 64x64: the model takes 28x28"
+    if kind == "--validation-split 1.5":
+        return folder, ["--validation-split", "1.5"], "--validation-split 1.5"
+    if kind == "--data and --dataset":
+        return folder, ["--dataset", "mnist"], "not both"
+    arrays = {"an .npz with a pickled object array": dict(x_train=np.array([object()] * 8), y_train=y),
+              "an .npz without y_train": dict(x_train=x),
+              "an .npz with 7 labels for 8 images": dict(x_train=x, y_train=y[:7]),
+              "an .npz of 14x28 images for a 28x28 model": dict(x_train=x[:, :14], y_train=y)}[kind]
+    np.savez(root / "d.npz", **arrays)
+    needle = {"an .npz with a pickled object array": "holds Python objects", "an .npz without y_train":
+              "has no y_train", "an .npz with 7 labels for 8 images": "y_train has 7 labels but x has 8 samples",
+              "an .npz of 14x28 images for a 28x28 model": "x_train has shape (8, 14, 28)"}[kind]
+    return root / "d.npz", [], needle
+
+
+BAD_DATA = ["missing", "a .csv file", "3 class folders for 10 outputs", "an empty class folder",
+            "images but no class folders", "a truncated PNG", "a decompression-bomb PNG",
+            "--image-size for a fixed-size model", "--validation-split 1.5", "--data and --dataset",
+            "an .npz with a pickled object array", "an .npz without y_train", "an .npz with 7 labels for 8 images",
+            "an .npz of 14x28 images for a 28x28 model"]
+
+
+@pytest.mark.parametrize("kind", BAD_DATA)
+def test_bad_data_is_one_line_and_exit_2(capsys, digits_folder, tmp_path, reliability, kind):
+    (tmp_path / "data").mkdir()
+    data, extra, needle = _bad_data(kind, tmp_path / "data", digits_folder)
+    out = tmp_path / "out"
+    argv = ["--model", MODEL, "--accelerator", "cpu", "--data", str(data), "--epochs", "1", "--out", str(out), *extra]
+    if kind.endswith("PNG"):  # found while training: in its own process, as a user runs it
+        status, err = finish(train_process(argv, tmp_path))
+    else:
+        status, err = cli(capsys, "train", *argv)
+    line = assert_one_line_error(status, err, needle)
+    assert not partial_files(out) and not (out / "checkpoints" / "last.ckpt").exists()  # nothing half-written
+    reliability("your own data (`--data`)", kind, line)
 
 
 # --- bad flags: refused before any work, naming the flag -------------------------------------------------------
@@ -739,15 +824,6 @@ def test_predict_json_naming_a_folder_is_refused_before_predicting(capsys, train
     reliability("output", "`predict.py --json DIR` (an existing folder)", line)
 
 
-def _png(width: int, height: int, pixels: bytes) -> bytes:
-    """A grayscale 8-bit PNG of that declared size whose image data is ``pixels`` (filter bytes included)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixels, 9)) + chunk(
-        b"IEND", b"")
-
-
 def test_predict_on_a_png_decompression_bomb_answers_the_other_images(capsys, trained, data_dir, tmp_path,
                                                                       reliability):
     """A 100 KB PNG declaring 100,000 x 100,000 pixels (10 GB decoded; PIL's limit is 89 M pixels) beside a real
@@ -761,7 +837,7 @@ def test_predict_on_a_png_decompression_bomb_answers_the_other_images(capsys, tr
     good = tmp_path / "digit.png"
     Image.fromarray(x_test[0]).save(good)
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png(100_000, 100_000, bytes(100_000_000)))
+    bomb.write_bytes(png(100_000, 100_000, bytes(100_000_000)))
     assert bomb.stat().st_size < 200_000
     capsys.readouterr()
     from lightning_cnn.cli.predict import main

@@ -10,11 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from lightning_cnn.user_data import UserDataError
 from lightning_cnn.user_data.datamodule import UserDataModule
 from lightning_cnn.user_data.image_folder import index_folder
 from lightning_cnn.user_data.model_inputs import InputSpec, ModelInputs
+from tests.png import png
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_MODEL = ModelInputs((InputSpec("image", (32, 32, 3)),), 10)  # a twin's inputs: (32, 32, 3) in, 10 out
@@ -177,15 +176,6 @@ def test_images_are_resized_to_the_model_and_image_size_must_agree(cifar, tmp_pa
     assert whole(resized)[0].shape == (10, 3, 40, 24)
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares width x height 8-bit gray pixels (a decompression bomb's header)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("fault", ["truncated", "not an image", "decompression bomb"])
 def test_an_unreadable_image_is_one_line_naming_it(cifar, tmp_path, fault, workers):
@@ -196,7 +186,7 @@ def test_an_unreadable_image_is_one_line_naming_it(cifar, tmp_path, fault, worke
     elif fault == "not an image":
         bad.write_text("<html>404</html>")
     else:
-        bad.write_bytes(_png_declaring(30_000, 30_000))  # 900 M pixels in 100 bytes
+        bad.write_bytes(png(30_000, 30_000))  # 900 M pixels in 100 bytes
     data = UserDataModule(tmp_path, CIFAR_MODEL, workers=workers, batch_size=4)
     with pytest.raises(UserDataError) as error:
         for _ in data.train_dataloader():

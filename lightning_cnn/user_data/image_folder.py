@@ -153,9 +153,10 @@ def read_image(path: str, height: int, width: int, mode: str) -> np.ndarray:
                 image = image.convert(mode)
             if image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UnreadableImage(path, reason) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnreadableImage(path, f"refused as a possible decompression bomb ({error})") from None
+    except (OSError, ValueError, SyntaxError) as error:  # not an image, truncated, damaged
+        raise UnreadableImage(path, str(error).splitlines()[0] if str(error) else type(error).__name__) from None
     array = np.asarray(image, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
 
