@@ -243,5 +243,6 @@ def with_bias(arrays: dict, key: str, state: dict) -> dict:
     return state | ({key: arrays["bias"]} if "bias" in arrays else {})
 
 
-from . import (activations, conv, dense, embedding, merging, normalization, operations, pooling,  # noqa: E402
-               preprocessing, recurrent, regularization, reshaping)
+from . import (activations, applications, attention, augmentation, conv, dense, embedding,  # noqa: E402
+               merging, normalization, operations, pooling, preprocessing, recurrent, regularization,
+               reshaping)
