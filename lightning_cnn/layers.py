@@ -71,8 +71,8 @@ class SamePad(nn.Module):
 
 
 class SamePool(nn.Module):
-    """Keras max/average pooling with padding='same' (1-D or 2-D, channels first): max pads with -inf, average
-    divides by the real pixels in each window (TensorFlow does not count the padding)."""
+    """Keras max/average pooling with padding='same' (1-D, 2-D or 3-D, channels first): max pads with -inf,
+    average divides by the real pixels in each window (TensorFlow does not count the padding)."""
 
     def __init__(self, kind, kernel_size, stride):
         super().__init__()
@@ -81,9 +81,9 @@ class SamePool(nn.Module):
     def forward(self, x):
         pads = tf_same_pads(x.shape[2:], self.kernel_size, self.stride, (1,) * len(self.kernel_size))
         if self.kind == "max":
-            pool = F.max_pool1d if x.dim() == 3 else F.max_pool2d
+            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[x.dim() - 3]
             return pool(F.pad(x, pads, value=-math.inf), self.kernel_size, self.stride)
-        pool = F.avg_pool1d if x.dim() == 3 else F.avg_pool2d
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
         ones = torch.ones_like(x[:1, :1])
         return pool(F.pad(x, pads), self.kernel_size, self.stride) / pool(F.pad(ones, pads), self.kernel_size,
                                                                            self.stride)
