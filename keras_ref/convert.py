@@ -55,12 +55,20 @@ def supported_layers() -> dict[str, str]:
 
 
 def layer_table() -> str:
-    """The Markdown table of docs/converting.md (a test keeps the two identical): family -> Keras classes."""
-    by_family: dict[str, list] = {}
+    """The Markdown table of docs/converting.md (a test keeps the two identical; ``python -m keras_ref.convert
+    --supported`` prints it): rule family -> the Keras layer classes and raw keras.ops calls it converts."""
+    layers_of: dict[str, list] = {}
+    ops_of: dict[str, list] = {}
     for name, family in supported_layers().items():
-        by_family.setdefault(family, []).append(f"`{name}`")
-    lines = ["| rule family (`lightning_cnn/converted/rules/`) | Keras layer classes |", "|---|---|"]
-    return "\n".join(lines + [f"| `{family}.py` | {', '.join(names)} |" for family, names in sorted(by_family.items())])
+        if name.startswith("keras."):  # keras.ops.add -> `add`, keras.activations.relu -> `activations.relu`
+            ops_of.setdefault(family, []).append(f"`{name.removeprefix('keras.').removeprefix('ops.')}`")
+        else:
+            layers_of.setdefault(family, []).append(f"`{name}`")
+    lines = ["| rule family (`lightning_cnn/converted/rules/`) | Keras layer classes | raw `keras.ops` calls |",
+             "|---|---|---|"]
+    return "\n".join(lines + [f"| `{family}.py` | {', '.join(layers_of.get(family, [])) or '-'} | "
+                              f"{', '.join(ops_of.get(family, [])) or '-'} |"
+                              for family in sorted(set(layers_of) | set(ops_of))])
 
 
 # --- walking the Keras graph -------------------------------------------------------------------------------------
@@ -484,8 +492,10 @@ def main(argv=None) -> int:
                     "PyTorch twin folder that lightning_cnn.load_converted reads without TensorFlow. Exit 0 when "
                     "the twin matches Keras within the tolerance (keras_ref.tolerance), 1 when it does not, 2 on "
                     "bad input.")
-    parser.add_argument("model", help=".keras or .h5 file")
-    parser.add_argument("--out", required=True, help="folder to write (replaced if it is a converted folder)")
+    parser.add_argument("model", nargs="?", help=".keras or .h5 file")
+    parser.add_argument("--out", help="folder to write (replaced if it is a converted folder)")
+    parser.add_argument("--supported", action="store_true",
+                        help="print the Markdown table of supported Keras layers and keras.ops calls, and exit")
     parser.add_argument("--inputs", help=".npz with real samples in Keras layout (one array per model input)")
     parser.add_argument("--atol", type=float, default=ATOL,
                         help="floor of the tolerance, relative to max(1, largest output); the tolerance is 4x the "
@@ -493,6 +503,11 @@ def main(argv=None) -> int:
     parser.add_argument("-n", type=int, default=8, help="number of random inputs when --inputs is not given")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.supported:
+        print(layer_table())
+        return 0
+    if args.model is None or args.out is None:
+        parser.error("MODEL and --out are required (or --supported)")
     try:
         model = load_keras_model(args.model)
     except (FileNotFoundError, ValueError) as error:

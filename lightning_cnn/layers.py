@@ -71,8 +71,8 @@ class SamePad(nn.Module):
 
 
 class SamePool(nn.Module):
-    """Keras max/average pooling with padding='same' (1-D or 2-D, channels first): max pads with -inf, average
-    divides by the real pixels in each window (TensorFlow does not count the padding)."""
+    """Keras max/average pooling with padding='same' (1-D, 2-D or 3-D, channels first): max pads with -inf,
+    average divides by the real pixels in each window (TensorFlow does not count the padding)."""
 
     def __init__(self, kind, kernel_size, stride):
         super().__init__()
@@ -81,9 +81,9 @@ class SamePool(nn.Module):
     def forward(self, x):
         pads = tf_same_pads(x.shape[2:], self.kernel_size, self.stride, (1,) * len(self.kernel_size))
         if self.kind == "max":
-            pool = F.max_pool1d if x.dim() == 3 else F.max_pool2d
+            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[x.dim() - 3]
             return pool(F.pad(x, pads, value=-math.inf), self.kernel_size, self.stride)
-        pool = F.avg_pool1d if x.dim() == 3 else F.avg_pool2d
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
         ones = torch.ones_like(x[:1, :1])
         return pool(F.pad(x, pads), self.kernel_size, self.stride) / pool(F.pad(ones, pads), self.kernel_size,
                                                                            self.stride)
@@ -178,6 +178,114 @@ class NoiseShapeDropout(nn.Module):
         shape = [n if s is None else s for n, s in zip(x.shape, self.noise_shape)]
         keep = torch.bernoulli(torch.full(shape, 1 - self.rate, device=x.device, dtype=x.dtype))
         return x * keep / (1 - self.rate)
+
+
+class LayerScale(nn.Module):
+    """ConvNeXt's LayerScale: x times a learned per-channel ``weight`` (``shape``: broadcast to the input, NCHW
+    images get (C, 1, 1))."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class RandomFlip(nn.Module):
+    """Keras's RandomFlip: in training, each image (NCHW) is flipped left-right and/or up-down with probability
+    1/2 per direction; identity in eval."""
+
+    def __init__(self, horizontal=True, vertical=True):
+        super().__init__()
+        self.horizontal, self.vertical = horizontal, vertical
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        for enabled, dim in ((self.horizontal, 3), (self.vertical, 2)):
+            if enabled:
+                flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+                x = torch.where(flip, x.flip(dim), x)
+        return x
+
+
+class RandomAffine(nn.Module):
+    """Keras's RandomRotation / RandomTranslation / RandomZoom: in training, each image (NCHW) is rotated by a
+    uniform fraction of a full turn in ``rotation``, shifted by uniform fractions of its height/width in
+    ``height_shift``/``width_shift`` and scaled by 1 + a uniform draw in ``height_zoom``/``width_zoom`` (width:
+    the height's draw when None; above 1 zooms out), about the centre; pixels from outside the image follow
+    ``fill_mode`` (reflect, wrap, nearest, constant with ``fill_value``); identity in eval."""
+
+    def __init__(self, rotation=(0.0, 0.0), height_shift=(0.0, 0.0), width_shift=(0.0, 0.0),
+                 height_zoom=(0.0, 0.0), width_zoom=None, fill_mode="reflect", interpolation="bilinear",
+                 fill_value=0.0):
+        super().__init__()
+        self.rotation, self.height_shift, self.width_shift = rotation, height_shift, width_shift
+        self.height_zoom, self.width_zoom = height_zoom, width_zoom
+        self.fill_mode, self.interpolation, self.fill_value = fill_mode, interpolation, fill_value
+
+    def _uniform(self, bounds, n, x):
+        low, high = bounds
+        return low + (high - low) * torch.rand(n, device=x.device, dtype=x.dtype)
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        n = x.shape[0]
+        angle = self._uniform(self.rotation, n, x) * (2 * math.pi)
+        zoom_y = 1 + self._uniform(self.height_zoom, n, x)
+        zoom_x = zoom_y if self.width_zoom is None else 1 + self._uniform(self.width_zoom, n, x)
+        shift_y = self._uniform(self.height_shift, n, x) * 2  # grid coordinates span 2 per image extent
+        shift_x = self._uniform(self.width_shift, n, x) * 2
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([torch.stack([cos * zoom_x, -sin * zoom_y, -shift_x], 1),
+                             torch.stack([sin * zoom_x, cos * zoom_y, -shift_y], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        if self.fill_mode == "wrap":
+            grid = torch.remainder(grid + 1, 2) - 1
+        padding = {"reflect": "reflection", "nearest": "border"}.get(self.fill_mode, "zeros")
+        mode = "nearest" if self.interpolation == "nearest" else "bilinear"
+        out = F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)
+        if self.fill_mode == "constant" and self.fill_value != 0:
+            inside = F.grid_sample(torch.ones_like(x[:, :1]), grid, mode=mode, padding_mode="zeros",
+                                   align_corners=False)
+            out = out + (1 - inside) * self.fill_value
+        return out
+
+
+class RandomContrast(nn.Module):
+    """Keras's RandomContrast: in training, each image's deviation from its per-channel mean is scaled by a
+    uniform factor in [1 - lower, 1 + upper], then clipped to ``value_range``; identity in eval."""
+
+    def __init__(self, lower, upper, value_range=(0.0, 255.0)):
+        super().__init__()
+        self.lower, self.upper, self.value_range = lower, upper, tuple(value_range)
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        factor = 1 - self.lower + (self.lower + self.upper) * torch.rand(x.shape[0], 1, 1, 1, device=x.device,
+                                                                         dtype=x.dtype)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        return torch.clamp((x - mean) * factor + mean, *self.value_range)
+
+
+class RandomBrightness(nn.Module):
+    """Keras's RandomBrightness: in training, each image gets a uniform draw in [lower, upper] times the width of
+    ``value_range`` added, then is clipped to ``value_range``; identity in eval."""
+
+    def __init__(self, lower, upper, value_range=(0.0, 255.0)):
+        super().__init__()
+        self.lower, self.upper, self.value_range = lower, upper, tuple(value_range)
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        low, high = self.value_range
+        delta = self.lower + (self.upper - self.lower) * torch.rand(x.shape[0], 1, 1, 1, device=x.device,
+                                                                    dtype=x.dtype)
+        return torch.clamp(x + delta * (high - low), low, high)
 
 
 class Conv2d(nn.Conv2d):

@@ -220,7 +220,7 @@ def check_graph(graph, where: str = "graph.json") -> dict:
 def _has_parameters(cls: str) -> bool:
     return cls.startswith(("nn.Conv", "nn.Linear", "nn.Bilinear", "nn.BatchNorm", "nn.LayerNorm", "nn.GroupNorm",
                            "nn.RMSNorm", "nn.Embedding", "nn.LSTM", "nn.GRU", "nn.RNN", "nn.MultiheadAttention",
-                           "nn.PReLU", "ElementwisePReLU", "Rescale", "Normalize"))
+                           "nn.PReLU", "ElementwisePReLU", "Rescale", "Normalize", "LayerScale"))
 
 
 def _check_step(c: _Checker, field: str, step, n_inputs: int, index: int, growth_of: dict) -> float:

@@ -41,7 +41,8 @@ MODULES = {f"nn.{name}": getattr(nn, name) for name in (
     "AlphaDropout", "Embedding", "LSTM", "GRU", "RNN", "MultiheadAttention", "PReLU", "ReLU", "Softmax")}
 HELPERS = {name: getattr(layers, name) for name in (
     "SamePad", "SamePool", "KerasReLU", "ElementwisePReLU", "Rescale", "Normalize", "GaussianNoise",
-    "GaussianDropout", "NoiseShapeDropout")}
+    "GaussianDropout", "NoiseShapeDropout", "LayerScale", "RandomFlip", "RandomAffine", "RandomContrast",
+    "RandomBrightness")}
 MODULES.update(HELPERS)
 
 # Functions by the name model.py writes (``F`` is torch.nn.functional); operator.* print as infix operators.

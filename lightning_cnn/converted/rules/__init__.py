@@ -223,10 +223,13 @@ def one_axis(call: LayerCall, axis) -> int:
     return int(axis)
 
 
-def channels_first(out: Emitter, rank: int) -> None:
-    """A (N, steps, C) sequence to torch's (N, C, steps) for a 1-D kernel (images are NCHW already)."""
+def channels_first(out: Emitter, rank: int, back: bool = False) -> None:
+    """A (N, steps, C) sequence to torch's (N, C, steps) for a 1-D kernel, a rank-5 volume (N, D, H, W, C: Keras's
+    layout, kept by LAYOUT_RULE) to (N, C, D, H, W) for a 3-D one; ``back``: the reverse. Images are NCHW already."""
     if rank == 3:
         out.method("transpose", X, 1, 2)
+    elif rank == 5:
+        out.method("permute", X, *((0, 2, 3, 4, 1) if back else (0, 4, 1, 2, 3)))
 
 
 def to_keras_layout(out: Emitter, rank: int) -> None:
@@ -243,5 +246,6 @@ def with_bias(arrays: dict, key: str, state: dict) -> dict:
     return state | ({key: arrays["bias"]} if "bias" in arrays else {})
 
 
-from . import (activations, conv, dense, embedding, merging, normalization, operations, pooling,  # noqa: E402
-               preprocessing, recurrent, regularization, reshaping)
+from . import (activations, applications, attention, augmentation, conv, dense, embedding,  # noqa: E402
+               merging, normalization, operations, pooling, preprocessing, recurrent, regularization,
+               reshaping)

@@ -61,12 +61,13 @@ def _depthwise_t2k(weight, mult):
     return weight[:, 0].transpose(1, 2, 0).reshape(kh, kw, out // mult, mult)
 
 
-@register("Conv1D", "Conv2D", "DepthwiseConv2D")
+@register("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D")
 class ConvRule(Rule):
-    """Conv1D takes (N, steps, C) like Keras: transposed to channels first around the nn.Conv1d."""
+    """Conv1D takes (N, steps, C) like Keras: transposed to channels first around the nn.Conv1d; Conv3D takes
+    Keras's (N, D, H, W, C) volume, permuted to channels first around the nn.Conv3d."""
 
     def emit(self, call, out):
-        rank = 1 if call.kind == "Conv1D" else 2
+        rank = {"Conv1D": 1, "Conv3D": 3}.get(call.kind, 2)
         need_rank(call, rank + 2)
         channels_last(call)
         o, cfg = _options(call, rank), call.config
@@ -84,7 +85,7 @@ class ConvRule(Rule):
                               **conv_kwargs(o["strides"], padding, o["dilation"], groups, bool(cfg["use_bias"])))
         out.call_module(attr)
         emit_activation(out, activation, 1)
-        channels_first(out, call.rank)
+        channels_first(out, call.rank, back=True)
 
     def to_torch(self, call, arrays):
         if call.kind == "DepthwiseConv2D":

@@ -1,5 +1,5 @@
-"""MaxPooling1D/2D, AveragePooling1D/2D -> nn.MaxPool / nn.AvgPool (TF 'same' via the SamePool helper where torch's
-symmetric padding differs); GlobalAveragePooling / GlobalMaxPooling 1D/2D -> mean / amax over the spatial dims."""
+"""MaxPooling1D/2D/3D, AveragePooling1D/2D/3D -> nn.MaxPool / nn.AvgPool (TF 'same' via the SamePool helper where torch's
+symmetric padding differs); GlobalAveragePooling / GlobalMaxPooling 1D/2D/3D -> mean / amax over the spatial dims."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from ...layers import tf_same_pads
 from . import X, Rule, channels_first, channels_last, need_rank, pairs, register, symmetric_padding
 
 
-@register("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
+@register("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+          "AveragePooling3D")
 class PoolRule(Rule):
     def emit(self, call, out):
-        rank = 1 if call.kind.endswith("1D") else 2
+        rank = int(call.kind[-2])
         need_rank(call, rank + 2)
         channels_last(call)
         cfg = call.config
@@ -29,19 +30,20 @@ class PoolRule(Rule):
                 padding = symmetric_padding(tf_same_pads(sizes, pool, strides, [1] * rank))
             if padding is None or any(2 * p > k for p, k in zip(padding, pool)):
                 out.call_module(out.add_module("SamePool", kind, pool, strides))
-                channels_first(out, call.rank)
+                channels_first(out, call.rank, back=True)
                 return
             if any(padding):  # torch pads itself: max ignores the padding, average does not count it (as TF)
                 kwargs |= dict(padding=padding) | ({} if kind == "max" else dict(count_include_pad=False))
         out.call_module(out.add_module(cls, pool, **kwargs))
-        channels_first(out, call.rank)
+        channels_first(out, call.rank, back=True)
 
 
-@register("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D")
+@register("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+          "GlobalMaxPooling2D", "GlobalMaxPooling3D")
 class GlobalPoolRule(Rule):
     def emit(self, call, out):
-        need_rank(call, 3 if call.kind.endswith("1D") else 4)
+        need_rank(call, int(call.kind[-2]) + 2)
         channels_last(call)
-        dims = [2, 3] if call.rank == 4 else [1]
+        dims = {3: [1], 4: [2, 3], 5: [1, 2, 3]}[call.rank]  # (a volume keeps Keras's N, D, H, W, C)
         keepdims = bool(call.config.get("keepdims", False))
         out.method("mean" if "Average" in call.kind else "amax", X, dims, **({"keepdim": True} if keepdims else {}))
