@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from keras_ref.operations import call_arguments, describe, is_operation  # noqa: E402
-from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
+from keras_ref.parity import ParityError, keras_config_size, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
                                            build_twin, python_name)
@@ -401,9 +401,10 @@ def _jsonable(value):
 def compile_config_of_file(path) -> dict | None:
     """The compile config stored in a .keras file, read as JSON (nothing deserialized); None if absent."""
     try:
+        keras_config_size(Path(path))  # bounded before it is read
         with zipfile.ZipFile(path) as archive:
             return json.loads(archive.read("config.json")).get("compile_config")
-    except (zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError):
+    except (ParityError, zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError, AttributeError):
         return None
 
 
