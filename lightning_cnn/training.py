@@ -106,11 +106,10 @@ def make_trainer(*, accelerator: str = "auto", devices="auto", strategy: str = "
                  callbacks: Sequence[Callback] = (), progress_bar: bool = False, speed: Speed | None = None,
                  logger=False, **settings) -> L.Trainer:
     """A Trainer for this project's modules and loaders: no logger unless given, no sanity validation, no model
-    summary; the
-    loaders shard themselves across ranks (``InMemoryLoader``), so no distributed sampler; checkpoints only when a
-    checkpoint callback is given; the process settings of ``speed`` (default ``Speed()``: CPU tuning on a CPU
-    run); checkpoints written atomically (``AtomicCheckpointIO``). ``settings`` are any other ``lightning.Trainer``
-    arguments (``max_epochs``, ``max_steps``, ...)."""
+    summary; the loaders shard themselves across ranks (``InMemoryLoader``), so no distributed sampler; checkpoints
+    only when a checkpoint callback is given; the process settings of ``speed`` (default ``Speed()``: CPU tuning on
+    a CPU run); checkpoints written atomically (``AtomicCheckpointIO``). ``settings`` are any other
+    ``lightning.Trainer`` arguments (``max_epochs``, ``max_steps``, ``num_nodes``, ...)."""
     callbacks = list(callbacks)
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))

@@ -46,6 +46,8 @@ def _outcome(got: str) -> str:
         return "one `error:` line; exit 2"
     if got.startswith("interrupted:"):
         return "one `interrupted:` line naming the checkpoint to resume; exit 130"
+    if got.startswith("terminated:"):
+        return "one `terminated:` line naming the checkpoint to resume; exit 143"
     return got if len(got) <= 100 else got[:100].rsplit(" ", 1)[0] + " …"
 
 
