@@ -154,28 +154,6 @@ def training(name, keras_model, twin, steps: int, rounds: int, size: int, data_d
     return record
 
 
-def model_py(keras_model, twin):
-    """The converted folder's model.py for ``keras_model`` (written by the converter), with the twin's weights."""
-    import importlib.util
-    import tempfile
-
-    from lightning_cnn.converted.source import model_source
-
-    from .convert import extract_graph
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.py"
-        path.write_text(model_source(extract_graph(keras_model).graph))
-        spec = importlib.util.spec_from_file_location("converted_model_py", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__
-               and "forward" in vars(v) and v.__name__ not in ("SamePad", "SamePool")]
-    source = classes[-1]()  # the model class is written last, after any helper classes
-    source.load_state_dict(twin.state_dict(), strict=True)
-    return source.eval()
-
-
 def worker(args) -> dict:
     """Every model at one thread count, in this process."""
     from ._tf import load_tensorflow
@@ -191,7 +169,7 @@ def worker(args) -> dict:
 
     from lightning_cnn.converted import prepare_for_inference
 
-    from .compare import randomize, real_images
+    from .compare import model_py, randomize, real_images
     from .convert import convert, to_twin_input
 
     result = {"threads": args.threads, "torch": torch.__version__, "keras": keras.__version__,
