@@ -198,6 +198,7 @@ def worker(args) -> dict:
             record = training(name, model, twin, args.train_steps, args.rounds, size, args.data_dir)
             record["size"] = size
             result["training"].append(record)
+        print("PARTIAL " + json.dumps(result), flush=True)  # the parent writes the report after every model
     return result
 
 
@@ -251,6 +252,18 @@ def main(argv=None) -> int:
         return 0
     if min(args.threads + args.batches) < 1 or args.rounds < 1 or args.train_steps < 2:
         parser.error("--threads, --batches and --rounds must be at least 1, --train-steps at least 2")
+    from lightning_cnn.analysis import machine_description
+    from lightning_cnn.atomic import write_text
+
+    command = ("lightning-cnn-bench --acceptance " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    out = Path(args.out)
+
+    def write(results: list[dict]) -> str:
+        table = render(results, command, machine_description())
+        write_text(out, table)
+        write_text(out.with_suffix(".json"), json.dumps({"command": command, "results": results}, indent=2) + "\n")
+        return table
+
     results = []
     for threads in args.threads:
         cmd = [sys.executable, "-m", "keras_ref.bench_twins", "--worker", "--threads", str(threads), "--models",
@@ -265,22 +278,15 @@ def main(argv=None) -> int:
             for out_line in worker_process.stdout:  # progress as it comes, the result at the end
                 if out_line.startswith("RESULT "):
                     line = out_line
+                elif out_line.startswith("PARTIAL "):
+                    write([*results, json.loads(out_line[8:])])
                 else:
                     print(out_line, end="", flush=True)
         if worker_process.returncode or line is None:
             print(f"error: the {threads}-thread run failed (exit {worker_process.returncode})", file=sys.stderr)
             return 1
         results.append(json.loads(line[7:]))
-    from lightning_cnn.analysis import machine_description
-    from lightning_cnn.atomic import write_text
-
-    command = "lightning-cnn-bench --acceptance " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = render(results, command.strip(), machine_description())
-    print("\n" + table)
-    out = Path(args.out)
-    write_text(out, table)
-    write_text(out.with_suffix(".json"), json.dumps({"command": command.strip(), "results": results}, indent=2)
-               + "\n")
+    print("\n" + write(results))
     return 0
 
 
