@@ -186,17 +186,30 @@ class FinalActivationInput:
 
 
 class CompiledTwinModule(L.LightningModule):
-    """Trains ``network`` (NCHW images in, one output per class) with a Keras compile config."""
+    """Trains ``network`` (NCHW images in, one output per class) with a Keras compile config.
 
-    def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int):
+    ``speed`` (default ``Speed()``): ``channels_last`` runs a network with 2-D convolutions in NHWC (inputs
+    converted in ``forward``; the same arithmetic up to float32 summation order, parameters keep their shapes and
+    names), ``attribute_fast_path`` as for the documented models. The twin's graph itself is left as converted.
+    """
+
+    def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int, speed=None):
         super().__init__()
+        from .speed import Speed
+
+        speed = speed or Speed()
         self.network = network
         self.compile_config = compile_config
         self._final_activation = FinalActivationInput(network, compile_config.logits_activations)
         self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(num_classes) for _ in range(3))
+        has_convolutions = any(isinstance(m, nn.Conv2d) for m in network.modules())
+        self.memory_format = torch.channels_last if speed.channels_last and has_convolutions else \
+            torch.contiguous_format
+        network.to(memory_format=self.memory_format)
+        speed.prepare_module(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        return self.network(x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x)
 
     def _step(self, batch, stage: str):
         x, y = batch
