@@ -29,6 +29,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .. import layers
+from .vocabulary import HELPERS
 
 _CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
 
@@ -123,10 +124,13 @@ def _conv_spec(module: nn.Module) -> _ConvSpec | None:
 
 
 class _ConvLeafTracer(fx.Tracer):
-    """torch.fx's tracer, keeping every nn.Conv2d subclass (``layers.Conv2d``) one module call."""
+    """torch.fx's tracer, keeping as one module call every nn.Conv2d subclass (``layers.Conv2d``) and the helper
+    modules a model.py copies from ``lightning_cnn.layers`` (``SamePad`` computes its pads from the input's size,
+    which a trace cannot follow)."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, nn.Conv2d) or super().is_leaf_module(module, qualified_name)
+        return isinstance(module, nn.Conv2d) or type(module).__name__ in HELPERS or \
+            super().is_leaf_module(module, qualified_name)
 
 
 def as_graph_module(model: nn.Module) -> fx.GraphModule:
