@@ -191,7 +191,8 @@ def worker(args) -> dict:
                      for label, m in variants.items()}
         print(f"{name} ({size}x{size}, {args.threads} thread(s)): max |diff| vs Keras " +
               ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
-        for record in inference(name, model, twin, variants, args.batches, args.rounds, images):
+        for record in inference(name, model, twin, variants, args.batches if args.infer else [], args.rounds,
+                                images):
             record.update(size=size, max_abs_diff=diffs)
             result["inference"].append(record)
         if args.train:
@@ -242,10 +243,24 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
     parser.add_argument("--train-threads", nargs="+", type=int, default=[2],
                         help="thread counts at which training is also measured")
+    parser.add_argument("--no-infer", dest="infer", action="store_false", help="training only")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only write --out from the JSON of earlier "
+                        "runs (e.g. models or thread counts run side by side), each run's command listed")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="reports/bench_twins.md", help="markdown report; JSON beside it")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.merge:
+        from lightning_cnn.analysis import machine_description
+        from lightning_cnn.atomic import write_text
+
+        runs = [json.loads(Path(path).read_text()) for path in args.merge]
+        table = render([r for run in runs for r in run["results"]], "`; `".join(run["command"] for run in runs),
+                       machine_description())
+        write_text(args.out, table)
+        write_text(Path(args.out).with_suffix(".json"), json.dumps({"runs": runs}, indent=2) + "\n")
+        print(table)
+        return 0
     if args.worker:
         args.threads = args.threads[0]
         print("RESULT " + json.dumps(worker(args)), flush=True)
@@ -271,6 +286,7 @@ def main(argv=None) -> int:
                "--train-steps", str(args.train_steps)]
         cmd += ["--data-dir", args.data_dir] if args.data_dir else []
         cmd += [] if args.train and threads in args.train_threads else ["--no-train"]
+        cmd += [] if args.infer else ["--no-infer"]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(threads)}
         print(f"== {threads} thread(s)", flush=True)
         line = None
