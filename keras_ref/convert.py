@@ -34,7 +34,7 @@ import lightning_cnn  # noqa: E402  (its version goes into parity.json)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from keras_ref.parity import ParityError, load_keras_model  # noqa: E402
+from keras_ref.parity import ParityError, keras_config_size, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
                                            build_twin, python_name)
@@ -354,9 +354,10 @@ def _jsonable(value):
 def compile_config_of_file(path) -> dict | None:
     """The compile config stored in a .keras file, read as JSON (nothing deserialized); None if absent."""
     try:
+        keras_config_size(Path(path))  # bounded before it is read
         with zipfile.ZipFile(path) as archive:
             return json.loads(archive.read("config.json")).get("compile_config")
-    except (zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError):
+    except (ParityError, zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError, AttributeError):
         return None
 
 

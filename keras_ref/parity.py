@@ -446,6 +446,24 @@ def copy_weights(src, dst) -> None:
 # --- user models -----------------------------------------------------------------------------------------
 
 
+MAX_KERAS_CONFIG_BYTES = 64 << 20  # a .keras config.json is the architecture as JSON: ~5 MB for the largest
+
+
+def keras_config_size(path: Path) -> int:
+    """The uncompressed size of a .keras archive's config.json, refused above the bound before it is read (a
+    zip entry that inflates to GBs); zipfile never reads past the size the entry declares."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = archive.getinfo("config.json").file_size
+    except (zipfile.BadZipFile, KeyError, OSError) as error:
+        raise ParityError(f"{path} is not a readable .keras archive ({error}); save the model again with "
+                          "model.save()") from None
+    if size > MAX_KERAS_CONFIG_BYTES:
+        raise ParityError(f"{path}: its config.json inflates to {size:,} bytes, more than the bound "
+                          f"{MAX_KERAS_CONFIG_BYTES:,} (a damaged or hostile file); save the model again")
+    return size
+
+
 def load_keras_model(path: str | os.PathLike):
     """Load a Keras model file (``.keras``, ``.h5``/``.hdf5``) without running code from it.
 
@@ -460,6 +478,8 @@ def load_keras_model(path: str | os.PathLike):
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras itself would say "File not found"
         raise ParityError(f"{path} is not a .keras archive (not a zip file): it is damaged or was not saved by "
                           "Keras; save the model again with model.save()")
+    if path.suffix == ".keras":
+        keras_config_size(path)
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # damaged archive, HDF5 error, refused Lambda code: none is a bug of ours

@@ -127,61 +127,60 @@ class KerasCompile:
 
 
 _ACTIVATION_MODULES = {nn.Softmax: "softmax", nn.Sigmoid: "sigmoid"}
+_ACTIVATION_FUNCTIONS = {torch.softmax: "softmax", torch.sigmoid: "sigmoid"}
 
 
-def _activation_of(module: nn.Module) -> tuple[str | None, str | None]:
-    """(activation name, where it sits): "module" for a pure activation module (its input is the logits),
-    "config" for a converted layer with a fused activation (``config["activation"]``, e.g. Dense(softmax))."""
-    if type(module) in _ACTIVATION_MODULES:
-        return _ACTIVATION_MODULES[type(module)], "module"
-    config = getattr(module, "config", None)
-    if isinstance(config, dict):
-        if isinstance(config.get("activation"), str):
-            return config["activation"], "config"
-        if isinstance(config.get("name"), str) and not config.get("kwargs"):  # an Activation layer
-            return config["name"], "module"
-    return None, None
-
-
-def _output_modules(network: nn.Module) -> list[nn.Module]:
-    """The modules whose result can be the network's output: for a converted twin (``torch.fx``), the ones the
-    output node reads; for any other module, all of them (a hook only records, and only the last call counts)."""
-    graph = getattr(network, "graph", None)
-    if isinstance(network, fx.GraphModule) and graph is not None:
-        output = next(node for node in graph.nodes if node.op == "output")
-        return [network.get_submodule(n.target) for n in output.all_input_nodes if n.op == "call_module"]
-    return list(network.modules())
+def _final_activation_of_twin(network: fx.GraphModule) -> tuple[str | None, nn.Module | None]:
+    """For a converted twin whose output is ``activation(module(...))`` (Dense(softmax) becomes
+    ``torch.softmax(self.probs(x), 1)``): the activation's name and that module, whose output is the logits."""
+    output = next(node for node in network.graph.nodes if node.op == "output")
+    final = output.args[0]
+    if not isinstance(final, fx.Node):
+        return None, None
+    if final.op == "call_function":
+        name = _ACTIVATION_FUNCTIONS.get(final.target)
+    elif final.op == "call_module":
+        name = _ACTIVATION_MODULES.get(type(network.get_submodule(final.target)))
+    else:
+        name = None
+    source = final.args[0] if final.args else None
+    if name is None or not isinstance(source, fx.Node) or source.op != "call_module" or \
+            sum(1 for n in network.graph.nodes if n.op == "call_module" and n.target == source.target) != 1:
+        return None, None
+    return name, network.get_submodule(source.target)
 
 
 class FinalActivationInput:
     """After a forward, ``logits_for(output)`` is the input of the network's final softmax/sigmoid (of the given
     names) if the network's output *is* that activation's result, else None: Keras's ``_keras_logits``.
 
-    A converted layer with a fused activation (Dense(units, activation="softmax")) is re-run without it to get
-    its logits: one more call of the last layer, and the same arithmetic as its own pre-activation.
+    For a plain module the activation module's input is recorded; for a converted twin (``torch.fx``) whose graph
+    ends in ``activation(module(...))`` the output of that module (called once) is, the graph being the proof that
+    the output is the activation of it.
     """
 
     def __init__(self, network: nn.Module, activations: tuple):
         self._last = (None, None)
-        for module in _output_modules(network):
-            name, where = _activation_of(module)
+        if isinstance(network, fx.GraphModule):
+            name, module = _final_activation_of_twin(network)
             if name in activations:
-                module.register_forward_hook(self._record_input if where == "module" else self._record_fused)
+                module.register_forward_hook(self._record_logits)
+            return
+        for module in network.modules():
+            if _ACTIVATION_MODULES.get(type(module)) in activations:
+                module.register_forward_hook(self._record_input)
 
     def _record_input(self, module, args, output):
         self._last = (output, args[0])
 
-    def _record_fused(self, module, args, output):
-        activation = module.config["activation"]
-        module.config["activation"] = "linear"
-        try:
-            self._last = (output, module.forward(*args))
-        finally:
-            module.config["activation"] = activation
+    def _record_logits(self, module, args, output):
+        self._last = ("graph", output)
 
     def logits_for(self, output: torch.Tensor) -> torch.Tensor | None:
         last_output, last_input = self._last
         self._last = (None, None)
+        if last_output == "graph":  # the twin's graph ends in the activation of this very value
+            return last_input if last_input.shape == output.shape else None
         return last_input if last_output is output else None
 
 

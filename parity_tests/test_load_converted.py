@@ -255,3 +255,18 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "notes" / "mine.txt").write_text("keep me")
     assert exit_on_user_error(main, [str(tmp_path / "rnn.keras"), "--out", str(tmp_path / "notes")]) == 2
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
+def test_keras_file_whose_config_inflates_to_gigabytes_is_refused_unread(tmp_path, capsys):
+    """A .keras archive is a zip: its config.json's declared size is checked before anything reads it."""
+    import zipfile
+
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", b" " * (80 << 20))  # 80 MiB of spaces, ~80 KB compressed
+        archive.writestr("metadata.json", "{}")
+    assert bomb.stat().st_size < 1 << 20
+    assert exit_on_user_error(main, [str(bomb), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json inflates to 83,886,080 bytes" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -516,3 +516,125 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
     reliability("crashes", "Ctrl-C (SIGINT) during epoch 2",
                 f"{line.replace(str(out), 'OUT')}; exit status 130; environment variables, the SIGINT handler, "
                 "torch's thread count and glibc's malloc settings are as before the run")
+
+
+# --- converted model folders (graph.json + weights.safetensors): refused at load, naming the file and field -------
+
+
+def converted_folder(folder: Path, graph=None, state=None) -> Path:
+    """A converted MNIST classifier written without TensorFlow: Flatten (Keras order) -> Dense(10)."""
+    from safetensors.torch import save_file
+
+    from lightning_cnn.converted import build_twin
+    from lightning_cnn.converted.rules import LAYOUT_RULE
+
+    graph = graph or dict(
+        format="lightning-cnn-graph", version=2, name="mnist_dense", class_name="MnistDense", layout=LAYOUT_RULE,
+        inputs=[dict(name="image", shape=[None, 28, 28, 1], dtype="float32")],
+        modules=[dict(name="logits", module={"cls": "nn.Linear", "args": [784, 10], "kwargs": {}, "frozen": []},
+                      keras_class="Dense", keras_path="logits")],
+        nodes=[dict(name="flatten", keras_class="Flatten", keras_path="flatten", inputs=["image"],
+                    steps=[dict(method="permute", args=[{"$": "x"}, 0, 2, 3, 1], kwargs={}),
+                           dict(method="flatten", args=[{"$": "x"}, 1], kwargs={})]),
+               dict(name="logits", keras_class="Dense", keras_path="logits", inputs=["flatten"],
+                    steps=[dict(module="logits", args=[{"$": "x"}])])],
+        outputs=["logits"])
+    folder.mkdir(parents=True)
+    (folder / "graph.json").write_text(json.dumps(graph))
+    save_file(state or {k: v.contiguous() for k, v in build_twin(graph).state_dict().items()},
+              folder / "weights.safetensors")
+    return folder
+
+
+def _graph_change(change):
+    def tamper(folder: Path):
+        graph = json.loads((folder / "graph.json").read_text())
+        change(graph)
+        (folder / "graph.json").write_text(json.dumps(graph))
+    return tamper
+
+
+def _many_nodes(count: int, node: dict | None = None):
+    """``count`` nodes after the first (the same text repeated: the bounds come before names are checked)."""
+    def tamper(folder: Path):
+        graph = json.loads((folder / "graph.json").read_text())
+        node_text = json.dumps(node or dict(name="n", keras_class="Flatten", keras_path="n", inputs=["flatten"],
+                                            steps=[dict(method="flatten", args=[{"$": "x"}, 1], kwargs={})]))
+        text = json.dumps(graph)
+        first = json.dumps(graph["nodes"][0])
+        (folder / "graph.json").write_text(text.replace(json.dumps(graph["nodes"]),
+                                                        "[" + first + ("," + node_text) * count + "]"))
+    return tamper
+
+
+def _upsample_then_pool(graph):
+    """Two 256x nearest upsamplings (each within the per-value bound) then pooling back: the intermediate would be
+    65,536 times wider and higher than the input (7 * 10^13 floats for one MNIST image)."""
+    up = dict(cls="nn.Upsample", args=[], kwargs=dict(scale_factor=[256.0, 256.0], mode="nearest"), frozen=[])
+    graph["modules"] += [dict(name=n, module=up, keras_class="UpSampling2D", keras_path=n) for n in ("up1", "up2")]
+    graph["modules"].append(dict(name="pool", module=dict(cls="nn.MaxPool2d", args=[[65536, 65536]], kwargs={},
+                                                          frozen=[]), keras_class="MaxPooling2D", keras_path="pool"))
+    graph["nodes"][0]["steps"][:0] = [dict(module=n, args=[{"$": "x"}]) for n in ("up1", "up2", "pool")]
+
+
+def _nan_weights(folder: Path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "weights.safetensors")
+    state["logits.weight"][3, 5] = float("nan")
+    save_file(state, folder / "weights.safetensors")
+
+
+CONVERTED_FAULTS = {  # what is tried -> (how the folder is damaged, what the one line must name)
+    "graph.json of 10^6 nodes (26 MB)": (_many_nodes(10**6, dict(name="n", steps=1)),
+                                         ["graph.json", "more than the bound"]),
+    "graph.json of 25,000 small nodes": (_many_nodes(25_000), ["graph.json", "nodes", "more than the bound 20000"]),
+    "graph.json nested 100,000 lists deep": (lambda f: (f / "graph.json").write_text(
+        '{"format": ' + "[" * 100_000 + "]" * 100_000 + "}"), ["graph.json", "nested too deeply"]),
+    "upsampling 256x twice then pooling": (_graph_change(_upsample_then_pool), ["graph.json", "nodes[0]",
+                                                                               "fold", "bound 65536"]),
+    "an input without a shape": (_graph_change(lambda g: g["inputs"][0].pop("shape")), ["inputs[0].shape"]),
+    "an input with `shape: 5`": (_graph_change(lambda g: g["inputs"][0].update(shape=5)), ["inputs[0].shape"]),
+    "empty outputs": (_graph_change(lambda g: g.update(outputs=[])), ["outputs: empty"]),
+    "a module named `training`": (_graph_change(lambda g: g["modules"][0].update(name="training")),
+                                  ["modules[0].name", "'training'"]),
+    "a module named `forward`": (_graph_change(lambda g: g["modules"][0].update(name="forward")),
+                                 ["modules[0].name", "'forward'"]),
+    "a module named `state_dict`": (_graph_change(lambda g: g["modules"][0].update(name="state_dict")),
+                                    ["modules[0].name", "'state_dict'"]),
+    "a module named `__init__`": (_graph_change(lambda g: g["modules"][0].update(name="__init__")),
+                                  ["modules[0].name", "'__init__'"]),
+    "an unknown activation function": (_graph_change(lambda g: g["nodes"][1]["steps"].append(
+        dict(function="torch.swish_of_doom", args=[{"$": "x"}], kwargs={}))), ["nodes[1].steps[1].function",
+                                                                               "unknown function"]),
+    "an unknown module class": (_graph_change(lambda g: g["modules"][0]["module"].update(cls="os.system")),
+                                ["modules[0].module.cls", "unknown module"]),
+    "module args of the wrong type": (_graph_change(lambda g: g["modules"][0]["module"].update(args="784, 10")),
+                                      ["modules[0].module.args", "expected a list"]),
+    "graph.json of format version 1": (_graph_change(lambda g: g.update(version=1)),
+                                       ["version", "converted again"]),
+    "NaN weights": (_nan_weights, ["weights.safetensors", "logits.weight", "NaN"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(CONVERTED_FAULTS))
+def test_damaged_converted_folder_is_refused_at_load(capsys, tmp_path, reliability, fault):
+    damage, needles = CONVERTED_FAULTS[fault]
+    folder = converted_folder(tmp_path / "converted")
+    damage(folder)
+    started = time.monotonic()
+    status, err = cli(capsys, "train", "--keras-model", folder, "--dataset", "mnist", "--accelerator", "cpu",
+                      "--out", tmp_path / "out", "--epochs", "1")
+    line = assert_one_line_error(status, err, *needles)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    # Bounded before parsing cost explodes: each refusal takes seconds, not the minutes (and GBs) of building it.
+    assert time.monotonic() - started < 60
+    reliability("converted model folders (`--keras-model DIR`)", fault, line)
+
+
+def test_a_good_converted_folder_loads(tmp_path):
+    """The folder the fault cases start from is itself fine (so each refusal is the damage's doing)."""
+    from lightning_cnn.converted import load_converted
+
+    twin = load_converted(converted_folder(tmp_path / "converted"))
+    assert twin(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -41,7 +41,7 @@ RESERVED = frozenset({"self", "torch", "F", "nn", "math", "operator", "Path", "l
 
 # Bounds on what a file may ask for before anything is built. The largest keras.applications model has ~1,300
 # layers; a real image or sequence extent is far below 2**16.
-MAX_GRAPH_BYTES = 64 << 20
+MAX_GRAPH_BYTES = 16 << 20  # the largest keras.applications graph.json is ~2 MB
 MAX_NODES = 20_000
 MAX_STEPS = 16
 MAX_DEPTH = 16  # JSON nesting inside a field (args are flat lists of numbers in practice)

@@ -204,8 +204,8 @@ def one_axis(call: LayerCall, axis) -> int:
     return int(axis)
 
 
-def channels_first(out: Emitter, rank: int) -> None:
-    """A (N, steps, C) sequence to torch's (N, C, steps) for a 1-D kernel (images are NCHW already)."""
+def swap_sequence_channels(out: Emitter, rank: int) -> None:
+    """(N, steps, C) <-> torch's (N, C, steps) around a 1-D kernel (its own inverse; images are NCHW already)."""
     if rank == 3:
         out.method("transpose", X, 1, 2)
 

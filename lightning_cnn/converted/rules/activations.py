@@ -33,7 +33,7 @@ def emit_activation(out: Emitter, name: str, dim: int) -> None:
     if entry is None:
         return
     function, *extra = entry
-    out.function(function, X, *extra, *([dim] if name in _OVER_A_DIM else []))
+    out.function(function, X, *extra, **({"dim": dim} if name in _OVER_A_DIM else {}))
 
 
 @register("Activation")
@@ -76,7 +76,7 @@ class ELURule(Rule):
 @register("Softmax")
 class SoftmaxRule(Rule):
     def emit(self, call, out):
-        out.function("torch.softmax", X, twin_dim(one_axis(call, call.config.get("axis", -1)), call.rank))
+        out.function("torch.softmax", X, dim=twin_dim(one_axis(call, call.config.get("axis", -1)), call.rank))
 
 
 def _prelu_shape(call) -> tuple:

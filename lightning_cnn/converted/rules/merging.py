@@ -25,4 +25,4 @@ class MergeRule(Rule):
 @register("Concatenate")
 class ConcatenateRule(Rule):
     def emit(self, call, out):
-        out.function("torch.cat", INPUTS, twin_dim(int(call.config["axis"]), call.rank))
+        out.function("torch.cat", INPUTS, dim=twin_dim(int(call.config["axis"]), call.rank))
