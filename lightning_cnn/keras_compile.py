@@ -193,7 +193,7 @@ class CompiledTwinModule(L.LightningModule):
         self.network = network
         self.compile_config = compile_config
         self._final_activation = FinalActivationInput(network, compile_config.logits_activations)
-        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics(num_classes) for _ in range(3))
+        self.train_metrics, self.val_metrics, self.test_metrics = (StageMetrics() for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

@@ -186,6 +186,7 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     two test runs in a row catch state carried over from one epoch to the next.
     """
     import torch.nn.functional as F
+    from torchmetrics.classification import MulticlassAccuracy
 
     from lightning_cnn.data import load_dataset, preprocess
     from lightning_cnn.datamodule import InMemoryLoader
@@ -202,6 +203,8 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
             logits = module.model.eval()(x)
         assert logged["test_samples"] == 103
         assert logged["test_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), abs=1e-7)
+        # Bit for bit what torchmetrics' accuracy (which the module used to update every step) reports.
+        assert logged["test_acc"] == MulticlassAccuracy(10, average="micro")(logits, y).item()
         # float32 per-batch losses summed in float64: agreement to float32 rounding of the mean.
         assert logged["test_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
