@@ -173,14 +173,6 @@ class KerasRecipeModule(L.LightningModule):
     def on_predict_epoch_end(self):
         self._end_evaluation()
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        """An ``(x, y)`` batch already on ``device`` (``InMemoryLoader`` slices tensors kept there) is passed
-        through as it is, past Lightning's walk over the batch's structure that would find nothing to move."""
-        if type(batch) is tuple and len(batch) == 2 and all(
-                isinstance(t, torch.Tensor) and t.device == device for t in batch):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
             return self._step(batch, "train")
