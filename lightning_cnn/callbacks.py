@@ -89,7 +89,9 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: Path, title: str = "
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins rather than tight_layout, which draws the whole figure once more to measure it: this is
+    # written after every epoch, and tight_layout was three quarters of the ~1 s each write took.
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.88 if title else 0.95, wspace=0.2)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
