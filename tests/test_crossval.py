@@ -123,7 +123,7 @@ def end_to_end(request, tmp_path_factory, data_dir):
     """Every end-to-end run of this module, started together on first use, two at a time: each is one thread
     (``--threads 1``), so on 2 cores two of them take the time of one; only the selected tests' runs.
     (kind, framework) -> (future, out)."""
-    selected = {(item.originalname, item.callspec.params["framework"]) for item in request.session.items
+    selected = {(item.originalname, item.callspec.params.get("framework")) for item in request.session.items
                 if getattr(item, "module", None) is request.module and hasattr(item, "callspec")}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     runs = {}
