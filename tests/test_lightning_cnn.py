@@ -285,10 +285,8 @@ def test_train_py_compile_flag_trains_and_writes_a_loadable_checkpoint(data_dir,
 
 def test_bf16_mixed_on_cpu(data_dir, tmp_path):
     result = fit_and_test(RunConfig(data_dir=str(data_dir), out=str(tmp_path), epochs=1, limit_train_batches=300,
-                                    limit_test_batches=63, precision="bf16-mixed", seed=0, progress_bar=False))
-    # bf16 autocast loses mantissa bits, not learning: 300 batches still give > 93% (fp32 gives ~96%). Tested on
-    # the first 2,016 test images: at ~96% the estimate's std is ~0.45 points, so the 3-point margin holds.
-    assert result["test_samples"] == 2016
+                                    precision="bf16-mixed", seed=0, progress_bar=False))
+    # bf16 autocast loses mantissa bits, not learning: 300 batches still give > 93% (fp32 gives ~96%).
     assert result["test_accuracy"] > 0.93
 
 
