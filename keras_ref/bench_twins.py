@@ -121,7 +121,7 @@ def training(name, keras_model, twin, steps: int, rounds: int, size: int, data_d
     keras_model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
     compile_config = KerasCompile.from_config(keras_model.get_compile_config())
     twin.train()
-    module = CompiledTwinModule(twin, compile_config, CLASSES)
+    module = CompiledTwinModule(twin, compile_config)
     data = torch.utils.data.TensorDataset(to_twin_input(x), torch.from_numpy(y))
     loader = torch.utils.data.DataLoader(data, batch_size=TRAIN_BATCH, shuffle=False)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from .atomic import atomic_path, write_text
 from .errors import DivergedError
@@ -89,7 +89,9 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: Path, title: str = "
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins rather than tight_layout, which draws the whole figure once more to measure it: this is
+    # written after every epoch, and tight_layout was three quarters of the ~1 s each write took.
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.88 if title else 0.95, wspace=0.2)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
@@ -104,9 +106,9 @@ class TerminateOnNaN(L.Callback):
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        running = pl_module.train_metrics.loss.numerator
-        if not bool(torch.isfinite(running)):
-            kind = "NaN" if bool(torch.isnan(running)) else "infinite"
+        running = pl_module.train_metrics.loss.numerator.item()  # one read; no tensor op per step
+        if not math.isfinite(running):
+            kind = "NaN" if math.isnan(running) else "infinite"
             raise DivergedError(
                 f"the training loss became {kind} in epoch {trainer.current_epoch + 1}, step {batch_idx + 1} "
                 f"(optimizer step {trainer.global_step}): training stopped and no checkpoint of the diverged "

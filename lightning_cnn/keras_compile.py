@@ -257,11 +257,11 @@ class CompiledTwinModule(KerasStyleModule):
     their shapes and names), ``attribute_fast_path`` as for the documented models.
     """
 
-    def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int, *, source: str = "",
+    def __init__(self, network: nn.Module, compile_config: KerasCompile, *, source: str = "",
                  compiled: bool = False, steps_per_execution: int = 1, speed=None):
         from .speed import Speed
 
-        super().__init__(num_classes, steps_per_execution)
+        super().__init__(steps_per_execution)
         speed = speed or Speed()
         self.network = network.train()
         for module in network.modules():

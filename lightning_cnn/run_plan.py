@@ -145,7 +145,7 @@ def _twin_model(config) -> RunModel:
         inputs = ModelInputs.of_twin(twin)
     except UserDataError as error:
         raise KerasModelError(f"--keras-model {config.keras_model}: {error}") from None
-    module = CompiledTwinModule(twin, compile_config, inputs.output_width, source=str(config.keras_model),
+    module = CompiledTwinModule(twin, compile_config, source=str(config.keras_model),
                                 compiled=config.compile, steps_per_execution=config.steps_per_execution)
     report = {"keras_model": str(config.keras_model), "dataset": config.dataset, "data": config.data,
               "loss": compile_config.loss, "optimizer": compile_config.optimizer}

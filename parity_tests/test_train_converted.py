@@ -128,6 +128,7 @@ def _train(args, env=None, prefix=()):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.long  # a whole MNIST epoch in a process of its own, TensorFlow loaded: minutes on 2 cores
 def test_train_py_trains_a_converted_functional_model_one_epoch_on_mnist(skip_file, tmp_path):
     """One epoch over all 60,000 MNIST images with the file's own Adam(3e-3) and sparse CE, as Keras's fit would.
     Bar: test accuracy >= 0.95. Chance is 0.10; a twin whose Flatten order, residual or BN were wrong, or whose

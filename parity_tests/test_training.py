@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 
 import keras
 import keras_ref
@@ -154,6 +155,11 @@ def compare(km, tm, start):
     """(max |torch - keras| over all weights, max |torch - start|, [names of parameters that moved])."""
     keras_now = copy.deepcopy(start)
     copy_weights(km, keras_now)
+    return compare_with(keras_now, tm, start)
+
+
+def compare_with(keras_now, tm, start):
+    """``compare`` with the Keras weights already in the torch layout (``keras_now``)."""
     now, ref, initial = tm.state_dict(), keras_now.state_dict(), start.state_dict()
     diff = max(float((now[k] - ref[k]).abs().max()) for k in now)
     moved = max(float((now[k] - initial[k]).abs().max()) for k in now)
@@ -176,6 +182,22 @@ def with_optimizer(model_id, optimizer, **args):
 
 # --- float64, end to end -----------------------------------------------------------------------------------
 
+
+@functools.lru_cache(maxsize=None)
+def keras_float64_steps(model_id):
+    """The recipe's Keras steps in float64 from the twins' shared start, run once per model id: the positive test
+    and the negative controls compare their torch runs with the same Keras result (nothing in it is random:
+    dropout is off, the batch is fixed). (torch start, Keras result in the torch layout, x, y)."""
+    km, tm = twins(model_id, "float64")
+    start = copy.deepcopy(tm)
+    x, y = batch(model_id, "float64")
+    with keras_floatx("float64"):  # the loss and the optimizer's variables take floatx when created
+        train_keras(km, x, y, lightning_cnn.get_spec(model_id).recipe)
+    keras_now = copy.deepcopy(start)
+    copy_weights(km, keras_now)
+    return start, keras_now, x, y
+
+
 FLOAT64_CASES = [
     ("mnist_cnn_small", "adam"),
     ("cifar10_cnn", "rmsprop"),  # learning_rate 1e-4, raw pixels
@@ -189,13 +211,10 @@ FLOAT64_CASES = [
 def test_train_steps_float64(model_id, optimizer):
     recipe = lightning_cnn.get_spec(model_id).recipe
     assert recipe.optimizer == optimizer
-    km, tm = twins(model_id, "float64")
-    start = copy.deepcopy(tm)
-    x, y = batch(model_id, "float64")
-    with keras_floatx("float64"):  # the loss and the optimizer's variables take floatx when created
-        train_keras(km, x, y, recipe)
+    start, keras_now, x, y = keras_float64_steps(model_id)
+    tm = copy.deepcopy(start)
     train_torch(tm, x, y, recipe)
-    diff, moved, changed = compare(km, tm, start)
+    diff, moved, changed = compare_with(keras_now, tm, start)
     print(f"float64 {model_id} {optimizer}: max |torch - keras| {diff:.2e} (weights moved up to {moved:.2e})")
     assert moved > 1e-5
     assert diff <= ATOL_FLOAT64[optimizer]
@@ -219,13 +238,10 @@ NEGATIVE_CASES = [
 def test_stock_torch_optimizers_fail_the_tolerance(model_id, label, make):
     """The check has teeth: torch's own optimizers with torch's formulas/defaults do NOT match Keras."""
     recipe = lightning_cnn.get_spec(model_id).recipe
-    km, tm = twins(model_id, "float64")
-    start = copy.deepcopy(tm)
-    x, y = batch(model_id, "float64")
-    with keras_floatx("float64"):
-        train_keras(km, x, y, recipe)
+    start, keras_now, x, y = keras_float64_steps(model_id)
+    tm = copy.deepcopy(start)
     train_torch(tm, x, y, recipe, make=make)
-    diff, moved, _ = compare(km, tm, start)
+    diff, moved, _ = compare_with(keras_now, tm, start)
     print(f"float64 {model_id} {label}: max |torch - keras| {diff:.2e} (weights moved up to {moved:.2e})")
     assert diff > 100 * ATOL_FLOAT64[recipe.optimizer], f"{label} unexpectedly matches Keras"
 

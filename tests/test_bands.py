@@ -17,9 +17,10 @@ sigma * sqrt(2/3) ~= 0.08-0.12 and 0.3 points is 2.5-3.7 of those: a false alarm
 while a real 0.3-point gap is caught about half the time and a 0.5-point one almost always.
 With 2 seeds it would be 0.1-0.15 (2-3 sigma, up to ~5% false alarms), with 1 seed 0.14-0.21: too noisy.
 
-CI (``-m "not slow"``) runs mnist_cnn_small on both sides with seeds 0, 1, 2 (its bands and its agreement check)
-and Table 9 row 4 (mnist_mlp_t9_4) on both sides: 8 runs, about 4-5 minutes on 2 quiet cores. Everything else is
-``@pytest.mark.slow``: ``pytest -m slow tests/test_bands.py``.
+CI runs mnist_cnn_small on both sides with seeds 0, 1, 2 (its bands and its agreement check) and Table 9 row 4
+(mnist_mlp_t9_4) on both sides: 8 full-recipe runs, about 4-5 minutes on 2 quiet cores, marked ``long``: ``.ci/run``
+runs them after the README's test command (``pytest -m "long and not slow"``), which leaves them out. Everything
+else is ``@pytest.mark.slow``: ``pytest -m slow tests/test_bands.py``.
 
 Every run is a reproduction worker (``lightning_cnn.reproduce``, what ``scripts/reproduce.py`` runs): one subprocess per run (TensorFlow and torch never share a process
 or a thread pool), ``LIGHTNING_CNN_BAND_JOBS`` at a time (default: min(2, cores)) with
@@ -58,7 +59,7 @@ def seeds_for(model: str) -> tuple[int, ...]:
 
 
 def _marks(model: str):
-    return [] if model in CI_MODELS else [pytest.mark.slow]
+    return [pytest.mark.long] if model in CI_MODELS else [pytest.mark.slow]
 
 
 def band_jobs(model: str, framework: str) -> list[tuple[str, str, int]]:

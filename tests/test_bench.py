@@ -46,6 +46,7 @@ def test_bench_smoke_bf16_torch_contenders_only(data_dir, tmp_path):
         ("plain_torch", "bf16-mixed", "cpu"), ("lightning", "bf16-mixed", "cpu")]
 
 
+@pytest.mark.long  # torch.compile in both workers: about 1.5 minutes of compiling on 2 cores
 def test_bench_smoke_compiled_torch_contenders(data_dir, tmp_path):
     out, table = tmp_path / "records.json", tmp_path / "bench.md"
     done = bench("--smoke", "--compile", "--data-dir", data_dir, "--contenders", "plain_torch", "lightning",

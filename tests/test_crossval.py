@@ -3,6 +3,7 @@ scripts/crossval.py on both frameworks (MNIST and CIFAR-10, real data, small sub
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -100,33 +101,69 @@ def _check_report(out: Path, folds: int, n: int, classes: list[str], partial: bo
     return data
 
 
-@pytest.mark.parametrize("framework", ["lightning", "keras"])
-def test_crossval_mnist_end_to_end(framework, tmp_path, data_dir):
-    if framework == "keras" and importlib.util.find_spec("tensorflow") is None:
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+FRAMEWORKS = ["lightning", "keras"]
+MNIST_ARGS = ["--model", "mnist_mlp_t9_4", "--folds", 3, "--train-subset", 2000, "--epochs", 1]
+CIFAR_ARGS = ["--model", "cifar10_cnn", "--folds", 2, "--train-subset", 200, "--epochs", 1, "--allow-partial-test"]
+
+
+def _mnist_run(framework, out, data_dir):
+    """The MNIST cross-validation, then the same command with --resume (which must reuse every fold)."""
+    args = [*MNIST_ARGS, "--framework", framework, "--data-dir", data_dir, "--out", out, "--threads", 1]
+    first = _crossval(*args)
+    return first, (_crossval(*args, "--resume") if first.returncode == 0 else None)
+
+
+def _cifar_run(framework, out, data_dir):
+    return _crossval(*CIFAR_ARGS, "--framework", framework, "--data-dir", data_dir, "--out", out, "--threads", 1)
+
+
+@pytest.fixture(scope="module")
+def end_to_end(request, tmp_path_factory, data_dir):
+    """Every end-to-end run of this module, started together on first use, two at a time: each is one thread
+    (``--threads 1``), so on 2 cores two of them take the time of one; only the selected tests' runs.
+    (kind, framework) -> (future, out)."""
+    selected = {(item.originalname, item.callspec.params.get("framework")) for item in request.session.items
+                if getattr(item, "module", None) is request.module and hasattr(item, "callspec")}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    runs = {}
+    for kind, run in (("mnist", _mnist_run), ("cifar10", _cifar_run)):
+        for framework in FRAMEWORKS:
+            test = "test_crossval_mnist_end_to_end" if kind == "mnist" else "test_crossval_cifar10_tiny_subset"
+            if (test, framework) not in selected or (framework == "keras" and not HAS_TENSORFLOW):
+                continue
+            out = tmp_path_factory.mktemp(f"cv_{kind}_{framework}") / "cv"
+            runs[kind, framework] = pool.submit(run, framework, out, data_dir), out
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _skip_without_tensorflow(framework):
+    if framework == "keras" and not HAS_TENSORFLOW:
         pytest.skip("the Keras side needs the [keras] extra")
-    out = tmp_path / "cv"
-    args = ["--model", "mnist_mlp_t9_4", "--folds", 3, "--train-subset", 2000, "--epochs", 1, "--framework",
-            framework, "--data-dir", data_dir, "--out", out, "--threads", 1]
-    proc = _crossval(*args)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_crossval_mnist_end_to_end(framework, end_to_end):
+    _skip_without_tensorflow(framework)
+    future, out = end_to_end["mnist", framework]
+    proc, again = future.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _check_report(out, 3, 2000, [str(i) for i in range(10)], partial=False)
     assert data["framework"] == framework and data["test_set"] == "10,000 test images"
     assert 0.75 < data["val_accuracy"]["mean"] < 0.97  # one epoch of an MLP on 1,333 images
     assert 0.75 < data["ensemble_test_accuracy"] < 0.98
     # --resume reuses the finished folds and gives the same numbers
-    again = _crossval(*args, "--resume")
     assert again.returncode == 0 and again.stdout.count("reusing") == 3
     assert json.loads((out / "crossval.json").read_text())["folds"][0]["val_accuracy"] == \
         data["folds"][0]["val_accuracy"]
 
 
-@pytest.mark.parametrize("framework", ["lightning", "keras"])
-def test_crossval_cifar10_tiny_subset(framework, tmp_path, data_dir):
-    if framework == "keras" and importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("the Keras side needs the [keras] extra")
-    out = tmp_path / "cv"
-    proc = _crossval("--model", "cifar10_cnn", "--folds", 2, "--train-subset", 200, "--epochs", 1, "--framework",
-                     framework, "--data-dir", data_dir, "--out", out, "--allow-partial-test", "--threads", 1)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_crossval_cifar10_tiny_subset(framework, end_to_end):
+    _skip_without_tensorflow(framework)
+    future, out = end_to_end["cifar10", framework]
+    proc = future.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _check_report(out, 2, 200, ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                                        "ship", "truck"], partial=True)

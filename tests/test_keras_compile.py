@@ -62,7 +62,7 @@ def test_final_softmax_is_not_applied_twice():
     """Keras's (sparse) CE on a softmax output uses the logits; so does the twin's loss, exactly."""
     net, linear = _softmax_net(functional=False)
     x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 0, 1])
-    module = CompiledTwinModule(net, KerasCompile(), num_classes=4)
+    module = CompiledTwinModule(net, KerasCompile())
     output = module(x)
     loss = module.compile_config.loss_value(output, y, module._final_activation.logits_for(output))
     assert torch.equal(loss, F.cross_entropy(linear(x), y))

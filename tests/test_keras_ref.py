@@ -282,10 +282,31 @@ def train_keras(*args, cwd, keras_home):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_train_keras_end_to_end(data_dir, tmp_path):
+@pytest.fixture
+def train_keras_here(capsys, monkeypatch):
+    """``lightning_cnn.cli.train_keras.main`` (what scripts/train_keras.py runs) in this process, which holds
+    TensorFlow already: a training run without a TensorFlow start-up of its own. Returns what ``train_keras``
+    returns (exit status, stdout, stderr); ``sys.argv`` is the script's, as the command recorded in the metrics
+    reads it. These runs build models that read nothing from the Keras cache (``$KERAS_HOME``), so the process's
+    cache is as good as an empty one; the refusals that must show a process's whole stderr stay subprocesses."""
+    from lightning_cnn.cli.train_keras import main
+
+    def run(*args, cwd):
+        argv = [str(a) for a in args]
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / "train_keras.py"), *argv])
+        capsys.readouterr()
+        status = main(argv)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, status, out, err)
+
+    return run
+
+
+def test_train_keras_end_to_end(data_dir, tmp_path, train_keras_here):
     out = tmp_path / "metrics" / "t9_4.json"
-    run = train_keras("--model", "mnist_mlp_t9_4", "--epochs", 1, "--seed", 3, "--data-dir", data_dir,
-                      "--metrics-json", out, cwd=tmp_path, keras_home=tmp_path / "kh")
+    run = train_keras_here("--model", "mnist_mlp_t9_4", "--epochs", 1, "--seed", 3, "--data-dir", data_dir,
+                           "--metrics-json", out, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "Total params: 101,770" in run.stdout  # model.summary()
     assert "1875/1875" in run.stdout  # Keras's epoch log: 60,000 images in batches of 32
@@ -308,12 +329,12 @@ def test_train_keras_unknown_model_is_one_line(tmp_path):
     assert "resnet50" in line and all(model_id in line for model_id in PARAMS)
 
 
-def test_train_keras_partial_cifar_test_set_needs_consent(data_dir, tmp_path):
-    run = train_keras("--model", "cifar10_cnn", "--data-dir", data_dir, cwd=tmp_path, keras_home=tmp_path)
+def test_train_keras_partial_cifar_test_set_needs_consent(data_dir, tmp_path, train_keras_here):
+    run = train_keras_here("--model", "cifar10_cnn", "--data-dir", data_dir, cwd=tmp_path)
     assert run.returncode == 2, run.stdout
     assert "Traceback" not in run.stderr and "error:" in run.stderr
-    run = train_keras("--model", "cifar10_cnn", "--epochs", 1, "--data-dir", data_dir, "--allow-partial-test",
-                      "--metrics-json", tmp_path / "m.json", cwd=tmp_path, keras_home=tmp_path)
+    run = train_keras_here("--model", "cifar10_cnn", "--epochs", 1, "--data-dir", data_dir, "--allow-partial-test",
+                           "--metrics-json", tmp_path / "m.json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "Test accuracy (first 1,000 test images): " in run.stdout
     assert "val_accuracy" in run.stdout  # validated on the first 100 test images, as document 003 did
@@ -322,11 +343,11 @@ def test_train_keras_partial_cifar_test_set_needs_consent(data_dir, tmp_path):
     assert metrics["train_images"] == 300  # document 003's subset
 
 
-def test_train_keras_train_images_overrides_the_recipe_subset(data_dir, tmp_path):
+def test_train_keras_train_images_overrides_the_recipe_subset(data_dir, tmp_path, train_keras_here):
     run = train_keras("--model", "cifar10_cnn", "--train-images", "lots", cwd=tmp_path, keras_home=tmp_path)
     assert run.returncode == 2 and len(run.stderr.splitlines()) == 1 and "'all'" in run.stderr
-    run = train_keras("--model", "cifar10_cnn", "--train-images", 700, "--epochs", 1, "--data-dir", data_dir,
-                      "--allow-partial-test", "--metrics-json", tmp_path / "m.json", cwd=tmp_path, keras_home=tmp_path)
+    run = train_keras_here("--model", "cifar10_cnn", "--train-images", 700, "--epochs", 1, "--data-dir", data_dir,
+                           "--allow-partial-test", "--metrics-json", tmp_path / "m.json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "7/7" in run.stdout  # 700 images in batches of 100
     assert json.loads((tmp_path / "m.json").read_text())["train_images"] == 700

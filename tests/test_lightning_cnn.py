@@ -25,6 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 from tests.spec_md import SPEC_PARAMS
 
 
+def train_cli(capsys, *args) -> tuple[int, str]:
+    """``lightning_cnn.cli.train.main`` (what scripts/train.py runs) in this process: (exit status, stderr). For the
+    refusals, which need no process of their own; the end-to-end runs below go through scripts/train.py."""
+    from lightning_cnn.cli.train import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
 def script(name, *args, env=None, timeout=600):
     return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
@@ -186,6 +196,7 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
     two test runs in a row catch state carried over from one epoch to the next.
     """
     import torch.nn.functional as F
+    from torchmetrics.classification import MulticlassAccuracy
 
     from lightning_cnn.data import load_dataset, preprocess
     from lightning_cnn.datamodule import InMemoryLoader
@@ -202,6 +213,8 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
             logits = module.model.eval()(x)
         assert logged["test_samples"] == 103
         assert logged["test_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), abs=1e-7)
+        # Bit for bit what torchmetrics' accuracy (which the module used to update every step) reports.
+        assert logged["test_acc"] == MulticlassAccuracy(10, average="micro")(logits, y).item()
         # float32 per-batch losses summed in float64: agreement to float32 rounding of the mean.
         assert logged["test_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
@@ -215,8 +228,10 @@ def _final_weights(path):
 def test_resume_continues_to_the_same_result(data_dir, tmp_path, steps_per_execution):
     # mnist_cnn_dropout has dropout (RNG), a validation split and EarlyStopping: the hardest case for resume.
     # With 4 batches a step the optimizer steps are Lightning's manual ones, whose count a checkpoint also carries.
+    # Test results must be identical too: 5 test batches show that as well as 10,000 images would.
     common = dict(model="mnist_cnn_dropout", data_dir=str(data_dir), limit_train_batches=20 // steps_per_execution,
-                  limit_val_batches=5, seed=3, progress_bar=False, steps_per_execution=steps_per_execution)
+                  limit_val_batches=5, limit_test_batches=5, seed=3, progress_bar=False,
+                  steps_per_execution=steps_per_execution)
     straight = fit_and_test(RunConfig(out=str(tmp_path / "straight"), epochs=2, **common))
     fit_and_test(RunConfig(out=str(tmp_path / "resumed"), epochs=1, **common))
     resumed = fit_and_test(RunConfig(out=str(tmp_path / "resumed"), epochs=2,
@@ -294,12 +309,13 @@ def test_ddp_two_cpu_processes_see_each_sample_once(data_dir, tmp_path):
 def test_steps_per_execution_trains_exactly_as_one_step_per_batch(data_dir, tmp_path, model_id, precision):
     """Grouping batches changes who loops over them, not what is computed: 2 epochs of 11 batches (the last one
     short, the last group of 2) give bit-identical weights, history, validation (dropout's split) and test
-    results, and the same number of optimizer steps. Dropout draws from the RNG in the same order too."""
+    results (on 160 test images: identity needs no more), and the same number of optimizer steps. Dropout draws
+    from the RNG in the same order too."""
     runs = {}
     for k in (1, 3):
         out = tmp_path / f"k{k}"
         result = fit_and_test(RunConfig(model=model_id, epochs=2, train_images="325", batch_size=32,
-                                        precision=precision, data_dir=data_dir, out=str(out),
+                                        precision=precision, data_dir=data_dir, out=str(out), limit_test_batches=5,
                                         steps_per_execution=k, progress_bar=False))
         runs[k] = result, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     (one, one_ckpt), (grouped, grouped_ckpt) = runs[1], runs[3]
@@ -324,30 +340,32 @@ def test_steps_per_execution_takes_a_plain_dataloader_batch_as_one_batch(data_di
     assert trainer.global_step == 2 and trainer.callback_metrics["train_samples"] == 64
 
 
-def test_steps_per_execution_below_one_is_refused(data_dir):
-    result = script("train.py", "--steps-per-execution", "0", "--data-dir", data_dir)
-    assert result.returncode == 2 and "--steps-per-execution 0" in result.stderr and "Traceback" not in result.stderr
+def test_steps_per_execution_below_one_is_refused(capsys, data_dir):
+    status, err = train_cli(capsys, "--steps-per-execution", "0", "--data-dir", data_dir)
+    assert status == 2 and "--steps-per-execution 0" in err and "Traceback" not in err
 
 
-def test_gpu_request_without_gpu_is_one_clear_line(data_dir):
+def test_gpu_request_without_gpu_is_one_clear_line(capsys, data_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the error path is for machines without one")
-    result = script("train.py", "--accelerator", "gpu", "--data-dir", data_dir)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "no CUDA GPU" in result.stderr
+    status, err = train_cli(capsys, "--accelerator", "gpu", "--data-dir", data_dir)
+    assert status == 2
+    assert err.strip().count("\n") == 0 and "no CUDA GPU" in err
     with pytest.raises(ConfigError):
         fit_and_test(RunConfig(accelerator="gpu"))
 
 
-def test_unknown_model_on_the_command_line(data_dir):
-    result = script("train.py", "--model", "nope", "--data-dir", data_dir)
-    assert result.returncode == 2 and "mnist_cnn_small" in result.stderr and "Traceback" not in result.stderr
+def test_unknown_model_on_the_command_line(capsys, data_dir):
+    status, err = train_cli(capsys, "--model", "nope", "--data-dir", data_dir)
+    assert status == 2 and "mnist_cnn_small" in err and "Traceback" not in err
 
 
-def test_train_images_overrides_the_recipe_subset(data_dir, tmp_path):
-    bad = script("train.py", "--model", "cifar10_cnn", "--train-images", "-5", "--data-dir", data_dir)
-    assert bad.returncode == 2 and "'all'" in bad.stderr and "Traceback" not in bad.stderr
-    common = dict(model="cifar10_cnn", data_dir=str(data_dir), allow_partial_test=True, epochs=1, progress_bar=False)
+def test_train_images_overrides_the_recipe_subset(capsys, data_dir, tmp_path):
+    status, err = train_cli(capsys, "--model", "cifar10_cnn", "--train-images", "-5", "--data-dir", data_dir)
+    assert status == 2 and "'all'" in err and "Traceback" not in err
+    # Only the training subset is checked here: one test batch is enough.
+    common = dict(model="cifar10_cnn", data_dir=str(data_dir), allow_partial_test=True, epochs=1, progress_bar=False,
+                  limit_test_batches=1)
     assert fit_and_test(RunConfig(out=str(tmp_path / "recipe"), **common))["train_samples_last_epoch"] == 300
     full = fit_and_test(RunConfig(out=str(tmp_path / "all"), train_images="all", limit_train_batches=4, **common))
     assert full["train_samples_last_epoch"] == 400  # 4 of 500 batches of 100: more than the recipe's 300 images
