@@ -39,7 +39,7 @@ def check_count(flag: str, value: int, what: str) -> None:
 
 def check_tolerance(flag: str, value: float) -> None:
     if not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"{flag} {value}: give a finite tolerance of 0 or more (e.g. {flag} 1e-6)")
+        raise UsageError(f"{flag} {value}: give a finite tolerance of 0 or more")
 
 
 def check_seed(value: int) -> None:
@@ -104,8 +104,8 @@ def model_samples(path: str, arrays: dict, specs: list[dict], take: int | None =
         x, name, expected = arrays[spec["name"]], spec["name"], tuple(spec["shape"][1:])
         wanted = f"(N, {', '.join('any' if d is None else str(d) for d in expected)})"
         if x.ndim != 1 + len(expected) or any(d is not None and d != n for d, n in zip(expected, x.shape[1:])):
-            raise UsageError(f"{where}: array {name!r} has shape {x.shape}; the model's input {name!r} takes "
-                             f"{wanted} in Keras layout (batch axis first)")
+            raise UsageError(f"{where}: array {name!r} has shape {x.shape}; the model takes {wanted} there, in "
+                             "Keras layout (batch axis first)")
         if "int" in str(spec.get("dtype", "")) and x.dtype.kind not in "iu":
             raise UsageError(f"{where}: array {name!r} is {x.dtype}; the model's input {name!r} takes integer "
                              "ids: save it as an integer array")

@@ -18,9 +18,6 @@ Layout: rank-4 tensors are NHWC in Keras and NCHW in torch; every other rank kee
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import errno
 import json
 import os
 import shutil
@@ -39,7 +36,7 @@ import torch  # noqa: E402
 
 from keras_ref.operations import call_arguments, describe, is_operation  # noqa: E402
 from keras_ref.parity import ParityError, keras_config_size, load_keras_model  # noqa: E402
-from lightning_cnn.atomic import write_text  # noqa: E402
+from lightning_cnn.atomic import replace_folder, write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
                                            build_twin, python_name)
 from lightning_cnn.converted.rules import RULES, Emitter, LayerCall  # noqa: E402
@@ -468,56 +465,10 @@ def _write_folder(out: Path, twin, files: dict) -> None:
         for name, text in files.items():
             write_text(tmp / name, text + "\n")
         os.chmod(tmp, 0o777 & ~_umask())
-        replaced = _move_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-
-
-def _move_into_place(new: Path, out: Path) -> Path | None:
-    """Rename ``new`` to ``out``, or swap the two where ``out`` exists (Linux's renameat2 RENAME_EXCHANGE: ``out``
-    is never missing); elsewhere the previous folder is first moved aside. Returns the folder to delete, if any.
-    Retried while other writers of ``out`` move it in between (each try either lands or sees a newer ``out``)."""
-    while True:
-        try:
-            os.rename(new, out)  # no out yet (or an empty folder)
-            return None
-        except OSError as error:
-            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-        swapped = _exchange(new, out)
-        if swapped:
-            return new  # it now holds the previous folder
-        if swapped is None:
-            continue  # out went away in between: rename again
-        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(out, aside / out.name)
-        try:
-            os.rename(new, out)
-            return aside
-        except OSError as error:
-            shutil.rmtree(aside, ignore_errors=True)
-            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-
-
-def _exchange(a: Path, b: Path) -> bool | None:
-    """Swap two paths atomically: True; None if ``b`` does not exist; False where the system cannot."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_cwd, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
-    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code == errno.ENOENT:
-        return None
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a file system or kernel without it
-        return False
-    raise OSError(code, os.strerror(code), str(b))
 
 
 def _umask() -> int:

@@ -186,3 +186,89 @@ def test_bad_flag_or_inputs_is_one_line_before_any_conversion(outcomes, reliabil
     assert got["conversions"] == 0, f"{case}: refused only after converting"
     assert not (folder / "out").exists(), f"{case}: --out was written"
     reliability(f"`python -m keras_ref.{command}`", case.split(" ", 1)[1], line)
+
+
+# --- conversions racing into one --out ------------------------------------------------------------------------------
+
+# One writer: its own model (its name and width say whose folder it is), then ROUNDS
+# conversions into the shared --out through the command line's main. Each round's writing of the folder starts only
+# once every writer has converted (files beside --out as a barrier), so the writes really overlap.
+_RACE_WRITER = _BUILD + """
+import sys, time
+from pathlib import Path
+import keras_ref.convert as convert_module
+from lightning_cnn.errors import exit_on_user_error
+
+folder, writer, writers, rounds = Path(sys.argv[1]), *map(int, sys.argv[2:5])
+path = folder / f"writer{writer}.keras"
+build(f"writer{writer}", 2 + writer).save(path)
+write_folder, barrier = convert_module._write_folder, folder / "barrier"
+
+def write_together(*args):
+    arrived = barrier / f"{len(list(barrier.glob(f'*.{writer}')))}.{writer}"
+    arrived.touch()
+    while len(list(barrier.glob(f"{arrived.name.split('.')[0]}.*"))) < writers:
+        time.sleep(0.0005)
+    write_folder(*args)
+
+convert_module._write_folder = write_together
+for _ in range(rounds):
+    status = exit_on_user_error(convert_module.main, [str(path), "--out", str(folder / "out"), "--seed",
+                                                      str(writer)])
+    assert status == 0, status
+"""
+WRITERS, ROUNDS = 3, 4
+FILES = ["compile.json", "graph.json", "model.py", "parity.json", "weights.safetensors"]
+
+
+def _whose(out: Path) -> int:
+    """The writer whose complete, consistent folder ``out`` is (graph, weights, source and report agree). Read
+    through one handle on the folder, so a swap in between cannot mix two writers' files into the reading."""
+    from safetensors.torch import load
+
+    folder = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        def read(name: str) -> bytes:
+            handle = os.open(name, os.O_RDONLY, dir_fd=folder)
+            with os.fdopen(handle, "rb") as f:
+                return f.read()
+        graph, weights, source, parity = (read(name) for name in ("graph.json", "weights.safetensors", "model.py",
+                                                                  "parity.json"))
+    finally:
+        os.close(folder)
+    writer = int(json.loads(graph)["name"].removeprefix("writer"))
+    assert load(weights)["stem.weight"].shape[0] == 2 + writer
+    assert f"class Writer{writer}(" in source.decode()
+    assert json.loads(parity)["inputs"] == f"8 random inputs (seed {writer})"
+    return writer
+
+
+def test_conversions_racing_into_one_out_each_land_whole(tmp_path, reliability):
+    out = tmp_path / "out"
+    (tmp_path / "barrier").mkdir()
+    writers = [subprocess.Popen([sys.executable, "-c", _RACE_WRITER, str(tmp_path), str(i), str(WRITERS),
+                                 str(ROUNDS)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(WRITERS)]
+    try:
+        seen, looks = set(), 0
+        while any(w.poll() is None for w in writers):  # a reader all along: whenever out exists, it is whole
+            if out.exists():
+                try:
+                    seen.add(_whose(out))
+                    looks += 1
+                except FileNotFoundError:  # swapped between two reads: the next look sees the newer folder
+                    continue
+            time.sleep(0.01)
+        errors = [w.communicate(timeout=60)[1] for w in writers]
+    finally:
+        for writer in writers:
+            writer.kill()
+    for writer, err in zip(writers, errors):
+        assert writer.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    last = _whose(out)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+    reliability("`python -m keras_ref.convert`", f"{WRITERS} processes converting {ROUNDS} times each into one "
+                "`--out` at the same time", f"each run exits 0, no traceback; the folder is always one run's whole "
+                f"output (a reader checked it {looks} times, saw writers {sorted(seen)}); the last writer "
+                f"(writer{last}) stays")
