@@ -28,21 +28,18 @@ __all__ = ["OperationCall", "call_arguments", "describe", "is_operation", "opera
 @dataclass
 class OperationCall:
     """One raw keras.ops call: ``kind`` (``keras.ops.mean``), ``config`` (its settings, no name), the argument
-    templates, and how many tensors go in and come out."""
+    templates."""
 
     kind: str
     config: dict
     args: list
     kwargs: dict
-    n_inputs: int
-    n_outputs: int
 
 
 def is_operation(op) -> bool:
     """A raw keras.ops operation (not a Layer, not a Model)."""
-    from keras.src.ops.operation import Operation
-
     import keras
+    from keras.src.ops.operation import Operation
 
     return isinstance(op, Operation) and not isinstance(op, keras.layers.Layer)
 
@@ -104,13 +101,21 @@ def _plain(value):
     return value
 
 
+def _arguments(node) -> dict:
+    """``{"args", "kwargs"}`` templates of one call; _Unsupported if an argument cannot be stored as data."""
+    tensors, position = list(node.input_tensors), [0]
+    out = dict(args=[_template(a, tensors, position) for a in node.arguments.args],
+               kwargs={k: _template(v, tensors, position) for k, v in node.arguments.kwargs.items()})
+    if position[0] != len(tensors):
+        raise _Unsupported("its tensor arguments do not line up with the node's inputs")
+    return out
+
+
 def call_arguments(node) -> dict:
     """A layer call's arguments as templates (``{"args", "kwargs"}``); empty if one cannot be stored as data
     (the rules that read arguments then refuse the call themselves)."""
-    tensors, position = list(node.input_tensors), [0]
     try:
-        return dict(args=[_template(a, tensors, position) for a in node.arguments.args],
-                    kwargs={k: _template(v, tensors, position) for k, v in node.arguments.kwargs.items()})
+        return _arguments(node)
     except _Unsupported:
         return {}
 
@@ -119,14 +124,9 @@ def describe(node) -> OperationCall:
     """``node``'s raw keras.ops call as data; ValueError (one line, the caller adds the place) if an argument
     cannot be stored."""
     op = node.operation
-    tensors = list(node.input_tensors)
-    position = [0]
     config = {k: _plain(v) for k, v in op.get_config().items() if k != "name"}
     try:
-        args = [_template(a, tensors, position) for a in node.arguments.args]
-        kwargs = {k: _template(v, tensors, position) for k, v in node.arguments.kwargs.items()}
-        if position[0] != len(tensors):
-            raise _Unsupported("its tensor arguments do not line up with the node's inputs")
+        arguments = _arguments(node)
     except _Unsupported as error:
         raise ValueError(str(error)) from None
-    return OperationCall(operation_kind(op), config, args, kwargs, len(tensors), len(node.output_tensors))
+    return OperationCall(operation_kind(op), config, arguments["args"], arguments["kwargs"])

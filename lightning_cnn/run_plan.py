@@ -83,9 +83,13 @@ def data_module_for(config, model: RunModel) -> L.LightningDataModule:
     if config.data:
         from .user_data.datamodule import UserDataModule
 
-        if config.dataset:
-            raise UsageError(f"--data {config.data} and --dataset {config.dataset}: give your own data or a "
-                             "built-in data set, not both")
+        for flag, given in (("--dataset", config.dataset), ("--data-dir", config.data_dir),
+                            ("--train-images", config.train_images),
+                            ("--allow-partial-test", config.allow_partial_test)):
+            if given:
+                raise UsageError(f"--data {config.data} and {flag}: {flag} is for the built-in data sets; with "
+                                 "your own data, give the samples to train on (--validation-split to hold some "
+                                 "out): leave it out")
 
         return UserDataModule(config.data, model.inputs, batch_size=config.batch_size or model.batch_size,
                               validation_split=config.validation_split, seed=config.seed,

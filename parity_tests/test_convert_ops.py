@@ -60,6 +60,11 @@ CASES = {
     "unary_math": lambda: on_image(lambda x: [ops.sqrt(ops.abs(x)), ops.exp(-ops.square(x)),
                                               ops.log(ops.abs(x) + 1.0), ops.rsqrt(ops.abs(x) + 1.0),
                                               ops.clip(x, -0.2, 0.3), ops.sign(x), ops.floor(x * 3)]),
+    "more_elementwise": lambda: on_image(lambda x: [
+        ops.ceil(x * 3), ops.round(x * 3), ops.erf(x), ops.reciprocal(ops.absolute(x) + 1.0), ops.divide(x, 3.0),
+        ops.floor_divide(x * 10, 3.0), ops.mod(x * 10, 3.0), ops.cast(ops.logical_not(x > 0), "float32"),
+        ops.cast(ops.logical_or(x > 0.5, ops.less(x, -0.5)), "float32"), ops.cast(ops.not_equal(x, 0.0), "int32"),
+        ops.selu(x), ops.softsign(x), ops.swish(x), ops.hard_swish(x), ops.abs(x)]),
     "activations": lambda: on_image(lambda x: [ops.relu(x), ops.relu6(x * 8), ops.sigmoid(x), ops.silu(x),
                                                ops.gelu(x), ops.gelu(x, approximate=False), ops.hard_sigmoid(x),
                                                ops.hard_silu(x), ops.leaky_relu(x, 0.1), ops.elu(x), ops.tanh(x),

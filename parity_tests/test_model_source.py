@@ -3,13 +3,11 @@ unimportable, matches Keras, exports with ``torch.export``, compiles with ``torc
 
 Each model is converted once (``save_converted``); a child process, in which a ``sys.meta_path`` finder refuses
 ``tensorflow``, ``keras``, ``lightning_cnn`` and ``keras_ref``, imports the folder's model.py by path, loads its
-weights (``strict=True``), and runs the checks. Tolerance, as for the twin: max |Keras - model.py| <= 1e-5 times
-the largest |Keras output| (float32 kernels of the two frameworks sum in different orders, ~1e-7 relative per op;
-a layout, padding or weight-order mistake is O(1)). Deep networks with realistic BN statistics (below) accumulate
-more float32 rounding than that in *both* frameworks: for them the same model.py is also run in float64 (a
-stand-in for exact arithmetic), and the rule is the larger of 1e-5 relative and twice Keras's own distance from
-it: model.py must be no further from exact than twice Keras is, and |Keras - model.py| within that plus Keras's
-distance (a conversion mistake is O(1) away from exact, rounding is not). ``torch.export``'s program runs the
+weights (``strict=True``), and runs the checks. Tolerance, as for the twin (keras_ref.tolerance): max |Keras -
+model.py| <= 4 x model.py's own float32 error (against the same model.py run in float64, in the child) + 1e-6 x
+max(1, the largest |Keras output|): float32 kernels of the two frameworks sum in different orders, and deep
+networks accumulate more of that rounding; a layout, padding or weight-order mistake moves the float32 and float64
+runs alike, so it is not covered by the rounding term. ``torch.export``'s program runs the
 same kernels as eager: it must match model.py within 1e-6 relative. Deep networks' BatchNormalization statistics are set from each layer's
 real input statistics (CIFAR-10 images), then perturbed, so no BN is an identity and no activation explodes.
 """
@@ -29,6 +27,7 @@ import pytest
 from keras import layers
 
 from keras_ref.convert import from_twin_output, save_converted
+from keras_ref.tolerance import max_abs, within
 
 from .conftest import calibrate_batchnorm
 from .test_convert_applications import application, cifar_images, resnet_block
@@ -37,7 +36,7 @@ from .test_load_converted import small_model
 
 pytestmark = pytest.mark.keras
 
-RTOL = 1e-5  # relative to the largest |Keras output|; see the module docstring
+RTOL = 1e-5  # torch.compile vs eager model.py (slow test): fused kernels reorder float32 sums, ~1e-7 relative
 EXPORT_RTOL = 1e-6  # torch.export vs eager model.py: the same kernels, so only op-fusion rounding differs
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_IMPORTS = {"import math", "from pathlib import Path", "import torch", "import torch.nn.functional as F",
@@ -165,7 +164,7 @@ def converted(request, tmp_path_factory):
     folder = save_converted(model, tmp_path_factory.mktemp(name) / "converted", x)
     expected = model(x, training=False)
     expected = [np.asarray(e) for e in (expected if isinstance(expected, (list, tuple)) else [expected])]
-    report, outputs = run_child(folder, x, checks)
+    report, outputs = run_child(folder, x, checks if "exact" in checks else f"{checks},exact")
     return name, expected, report, outputs, folder
 
 
@@ -179,17 +178,13 @@ def test_model_py_runs_without_tensorflow_keras_or_lightning_cnn_and_matches_ker
         got = from_twin_output_array(outputs[f"eager_{i}"])
         assert got.shape == e.shape
         assert np.abs(e).max() > 1e-3, "outputs are ~0: the comparison would prove nothing"
-        diff, bound = float(np.abs(got - e).max()), RTOL * np.abs(e).max()
-        line = f"{name} output {i}: max |Keras - model.py| = {diff:.3g} (largest |output| {np.abs(e).max():.3g})"
-        if f"exact_{i}" in outputs:  # deep nets: the rule against float64 (module docstring)
-            exact = from_twin_output_array(outputs[f"exact_{i}"])
-            keras_error, torch_error = float(np.abs(e - exact).max()), float(np.abs(got - exact).max())
-            print(f"{line}; vs float64: Keras {keras_error:.3g}, model.py {torch_error:.3g}")
-            bound = max(bound, 2 * keras_error)
-            assert torch_error <= bound, "model.py is further from exact arithmetic than Keras's own rounding"
-        else:
-            print(line)
-        assert diff <= bound + (keras_error if f"exact_{i}" in outputs else 0.0)
+        exact = from_twin_output_array(outputs[f"exact_{i}"])  # model.py in float64 (module docstring)
+        report = dict(max_abs_diff=max_abs(got, e), max_abs_output=float(np.abs(e).max()),
+                      twin_float32_error=max_abs(got, exact))
+        print(f"{name} output {i}: max |Keras - model.py| = {report['max_abs_diff']:.3g}, model.py's float32 error "
+              f"{report['twin_float32_error']:.3g}, Keras's {max_abs(e, exact):.3g} (largest |output| "
+              f"{report['max_abs_output']:.3g})")
+        assert within(report)
 
 
 def test_torch_export_succeeds_and_matches(converted):

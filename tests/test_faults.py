@@ -245,7 +245,7 @@ def _bad_data(kind: str, root: Path, digits: Path) -> tuple[Path, list[str], str
     if kind == "--validation-split 1.5":
         return folder, ["--validation-split", "1.5"], "--validation-split 1.5"
     if kind == "--data and --dataset":
-        return folder, ["--dataset", "mnist"], "not both"
+        return folder, ["--dataset", "mnist"], "--dataset is for the built-in data sets"
     arrays = {"an .npz with a pickled object array": dict(x_train=np.array([object()] * 8), y_train=y),
               "an .npz without y_train": dict(x_train=x),
               "an .npz with 7 labels for 8 images": dict(x_train=x, y_train=y[:7]),

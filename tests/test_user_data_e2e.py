@@ -10,6 +10,7 @@ TensorFlow runs only in the subprocesses that build and convert the Keras models
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -60,7 +61,8 @@ def run(*argv, timeout=600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
-    pytest.importorskip("tensorflow", reason="building and converting the Keras models needs the [keras] extra")
+    if importlib.util.find_spec("tensorflow") is None:  # looked up, not imported: TF and triton in one process crash
+        pytest.skip("building and converting the Keras models needs the [keras] extra")
     root = tmp_path_factory.mktemp("keras_models")
     built = run("-c", _BUILD, root)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -95,7 +97,7 @@ def test_residual_cnn_trains_on_a_folder_of_cifar10_pngs(converted, data_dir, tm
     metrics, log = train(converted / "residual_cnn", tmp_path / "photos", tmp_path, "--workers", 1)
     assert "pixels 0..255 (the model rescales them itself" in log  # its Rescaling(1/255) layer does it
     assert metrics["epochs_run"] == 2 and metrics["test_split"] == "test" and metrics["test_samples"] == 500
-    # 10 classes, 500 test images: the bound is 0.11 (largest class share) + 5 sd (0.067) = 0.18; measured 0.29.
+    # 10 classes, 500 test images: the bound is 0.11 (largest class share) + 5 sd (0.067) = 0.18; measured 0.32.
     bound = chance_bound(y_test)
     assert bound < 0.2 < metrics["test_accuracy"], (bound, metrics["test_accuracy"])
 
@@ -106,5 +108,5 @@ def test_lstm_trains_on_an_npz_of_mnist_rows(converted, data_dir, tmp_path):
              y_test=y_test[:1000])  # uint8 (N, 28, 28): 28 steps of 28 features, Keras layout kept
     metrics, log = train(converted / "rows_lstm", tmp_path / "rows.npz", tmp_path)
     assert "2,000 train / 1,000 test samples, 10 classes" in log
-    # 1,000 test digits: bound 0.126 + 5 sd (0.047) = 0.17; 0.5 is far beyond it (measured 0.65)
+    # 1,000 test digits: bound 0.126 + 5 sd (0.047) = 0.17; 0.5 is far beyond it (measured 0.75)
     assert chance_bound(y_test[:1000]) < 0.5 < metrics["test_accuracy"], metrics["test_accuracy"]

@@ -223,9 +223,10 @@ def one_axis(call: LayerCall, axis) -> int:
     return int(axis)
 
 
-def channels_first(out: Emitter, rank: int, back: bool = False) -> None:
-    """A (N, steps, C) sequence to torch's (N, C, steps) for a 1-D kernel, a rank-5 volume (N, D, H, W, C: Keras's
-    layout, kept by LAYOUT_RULE) to (N, C, D, H, W) for a 3-D one; ``back``: the reverse. Images are NCHW already."""
+def swap_sequence_channels(out: Emitter, rank: int, back: bool = False) -> None:
+    """(N, steps, C) <-> torch's (N, C, steps) around a 1-D kernel (its own inverse); a rank-5 volume (N, D, H, W,
+    C: Keras's layout, kept by LAYOUT_RULE) to (N, C, D, H, W) around a 3-D one, ``back`` the reverse. Images are
+    NCHW already."""
     if rank == 3:
         out.method("transpose", X, 1, 2)
     elif rank == 5:

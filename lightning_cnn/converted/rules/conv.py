@@ -4,7 +4,7 @@ nn.ConvTranspose2d, with TensorFlow's 'same' padding as constant pads when the s
 from __future__ import annotations
 
 from ...layers import tf_same_pads
-from . import (Emitter, LayerCall, Rule, X, channels_first, channels_last, need_rank, pairs, register,
+from . import (Emitter, LayerCall, Rule, X, swap_sequence_channels, channels_last, need_rank, pairs, register,
                symmetric_padding, with_bias)
 from .activations import activation_name, emit_activation
 
@@ -79,13 +79,13 @@ class ConvRule(Rule):
         else:
             filters, groups = int(cfg["filters"]), int(cfg.get("groups", 1))
         activation = activation_name(call)
-        channels_first(out, call.rank)
+        swap_sequence_channels(out, call.rank)
         padding = emit_padding(call, out, o["kernel"], o["strides"], o["dilation"], o["padding"])
         attr = out.add_module(f"nn.Conv{rank}d", in_channels, filters, o["kernel"],
                               **conv_kwargs(o["strides"], padding, o["dilation"], groups, bool(cfg["use_bias"])))
         out.call_module(attr)
         emit_activation(out, activation, 1)
-        channels_first(out, call.rank, back=True)
+        swap_sequence_channels(out, call.rank, back=True)
 
     def to_torch(self, call, arrays):
         if call.kind == "DepthwiseConv2D":

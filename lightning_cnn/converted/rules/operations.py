@@ -22,15 +22,16 @@ _BINARY = {  # keras.ops name -> torch function (operator.* print as infix opera
     "mod": "torch.remainder", "logical_and": "torch.logical_and", "logical_or": "torch.logical_or",
 }
 _UNARY = {
-    "negative": "operator.neg", "abs": "torch.abs", "absolute": "torch.abs", "sqrt": "torch.sqrt",
+    "negative": "operator.neg", "absolute": "torch.abs", "sqrt": "torch.sqrt",  # (ops.abs: an Absolute operation)
     "rsqrt": "torch.rsqrt", "exp": "torch.exp", "log": "torch.log", "square": "torch.square",
     "sign": "torch.sign", "floor": "torch.floor", "ceil": "torch.ceil", "round": "torch.round", "erf": "torch.erf",
     "reciprocal": "torch.reciprocal", "logical_not": "torch.logical_not", "tanh": "torch.tanh",
 }
 # keras.ops activations without settings -> the Activation layer's name for them
-_ACTIVATION_OPS = {"relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "silu": "silu", "swish": "silu",
-                   "selu": "selu", "softplus": "softplus", "softsign": "softsign", "hard_sigmoid": "hard_sigmoid",
-                   "hard_silu": "hard_silu", "hard_swish": "hard_silu", "mish": "mish"}
+# (ops.swish / ops.hard_swish record Silu / HardSilu operations)
+_ACTIVATION_OPS = {"relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "silu": "silu", "selu": "selu",
+                   "softplus": "softplus", "softsign": "softsign", "hard_sigmoid": "hard_sigmoid",
+                   "hard_silu": "hard_silu"}
 _REDUCTIONS = {"mean": "torch.mean", "sum": "torch.sum", "max": "torch.amax", "min": "torch.amin"}
 _CASTS = {"float32": "float", "int32": "long", "int64": "long", "bool": "bool"}
 
@@ -99,7 +100,7 @@ class ElementwiseRule(Rule):
 
 
 @register(*_ops(*_UNARY), *_ops(*_ACTIVATION_OPS), *_ops("clip", "cast", "leaky_relu", "elu", "gelu"),
-          "keras.activations.relu", "keras.activations.mish")
+          "keras.activations.relu")
 class UnaryRule(Rule):
     """Elementwise functions: the layout does not matter."""
 
@@ -309,11 +310,3 @@ class EinsumRule(Rule):
         twin = lambda term: term[0] + term[3] + term[1:3] if len(term) == 4 else term  # noqa: E731
         equation = ",".join(twin(t) for t in terms) + "->" + twin(rhs)
         out.function("torch.einsum", equation, *_operands(call))
-
-
-def supported_operations() -> list:
-    """The keras.ops names this family converts (for the supported table)."""
-    from . import RULES
-
-    return sorted(name for name in RULES if name.startswith("keras."))
-

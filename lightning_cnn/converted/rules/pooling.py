@@ -4,7 +4,7 @@ symmetric padding differs); GlobalAveragePooling / GlobalMaxPooling 1D/2D/3D -> 
 from __future__ import annotations
 
 from ...layers import tf_same_pads
-from . import X, Rule, channels_first, channels_last, need_rank, pairs, register, symmetric_padding
+from . import X, Rule, swap_sequence_channels, channels_last, need_rank, pairs, register, symmetric_padding
 
 
 @register("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
@@ -23,19 +23,19 @@ class PoolRule(Rule):
         cls = f"nn.{'Max' if kind == 'max' else 'Avg'}Pool{rank}d"
         kwargs = {} if strides == pool else dict(stride=strides)
         sizes = call.in_shapes[0][1:-1]
-        channels_first(out, call.rank)
+        swap_sequence_channels(out, call.rank)
         if cfg["padding"] == "same":
             padding = None
             if all(size is not None for size in sizes):
                 padding = symmetric_padding(tf_same_pads(sizes, pool, strides, [1] * rank))
             if padding is None or any(2 * p > k for p, k in zip(padding, pool)):
                 out.call_module(out.add_module("SamePool", kind, pool, strides))
-                channels_first(out, call.rank, back=True)
+                swap_sequence_channels(out, call.rank, back=True)
                 return
             if any(padding):  # torch pads itself: max ignores the padding, average does not count it (as TF)
                 kwargs |= dict(padding=padding) | ({} if kind == "max" else dict(count_include_pad=False))
         out.call_module(out.add_module(cls, pool, **kwargs))
-        channels_first(out, call.rank, back=True)
+        swap_sequence_channels(out, call.rank, back=True)
 
 
 @register("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
