@@ -154,28 +154,6 @@ def training(name, keras_model, twin, steps: int, rounds: int, size: int, data_d
     return record
 
 
-def model_py(keras_model, twin):
-    """The converted folder's model.py for ``keras_model`` (written by the converter), with the twin's weights."""
-    import importlib.util
-    import tempfile
-
-    from lightning_cnn.converted.source import model_source
-
-    from .convert import extract_graph
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.py"
-        path.write_text(model_source(extract_graph(keras_model).graph))
-        spec = importlib.util.spec_from_file_location("converted_model_py", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__
-               and "forward" in vars(v) and v.__name__ not in ("SamePad", "SamePool")]
-    source = classes[-1]()  # the model class is written last, after any helper classes
-    source.load_state_dict(twin.state_dict(), strict=True)
-    return source.eval()
-
-
 def worker(args) -> dict:
     """Every model at one thread count, in this process."""
     from ._tf import load_tensorflow
@@ -191,7 +169,7 @@ def worker(args) -> dict:
 
     from lightning_cnn.converted import prepare_for_inference
 
-    from .compare import randomize, real_images
+    from .compare import model_py, randomize, real_images
     from .convert import convert, to_twin_input
 
     result = {"threads": args.threads, "torch": torch.__version__, "keras": keras.__version__,
@@ -213,13 +191,15 @@ def worker(args) -> dict:
                      for label, m in variants.items()}
         print(f"{name} ({size}x{size}, {args.threads} thread(s)): max |diff| vs Keras " +
               ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
-        for record in inference(name, model, twin, variants, args.batches, args.rounds, images):
+        for record in inference(name, model, twin, variants, args.batches if args.infer else [], args.rounds,
+                                images):
             record.update(size=size, max_abs_diff=diffs)
             result["inference"].append(record)
         if args.train:
             record = training(name, model, twin, args.train_steps, args.rounds, size, args.data_dir)
             record["size"] = size
             result["training"].append(record)
+        print("PARTIAL " + json.dumps(result), flush=True)  # the parent writes the report after every model
     return result
 
 
@@ -263,16 +243,42 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
     parser.add_argument("--train-threads", nargs="+", type=int, default=[2],
                         help="thread counts at which training is also measured")
+    parser.add_argument("--no-infer", dest="infer", action="store_false", help="training only")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only write --out from the JSON of earlier "
+                        "runs (e.g. models or thread counts run side by side), each run's command listed")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="reports/bench_twins.md", help="markdown report; JSON beside it")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.merge:
+        from lightning_cnn.analysis import machine_description
+        from lightning_cnn.atomic import write_text
+
+        runs = [json.loads(Path(path).read_text()) for path in args.merge]
+        table = render([r for run in runs for r in run["results"]], "`; `".join(run["command"] for run in runs),
+                       machine_description())
+        write_text(args.out, table)
+        write_text(Path(args.out).with_suffix(".json"), json.dumps({"runs": runs}, indent=2) + "\n")
+        print(table)
+        return 0
     if args.worker:
         args.threads = args.threads[0]
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
     if min(args.threads + args.batches) < 1 or args.rounds < 1 or args.train_steps < 2:
         parser.error("--threads, --batches and --rounds must be at least 1, --train-steps at least 2")
+    from lightning_cnn.analysis import machine_description
+    from lightning_cnn.atomic import write_text
+
+    command = ("lightning-cnn-bench --acceptance " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    out = Path(args.out)
+
+    def write(results: list[dict]) -> str:
+        table = render(results, command, machine_description())
+        write_text(out, table)
+        write_text(out.with_suffix(".json"), json.dumps({"command": command, "results": results}, indent=2) + "\n")
+        return table
+
     results = []
     for threads in args.threads:
         cmd = [sys.executable, "-m", "keras_ref.bench_twins", "--worker", "--threads", str(threads), "--models",
@@ -280,6 +286,7 @@ def main(argv=None) -> int:
                "--train-steps", str(args.train_steps)]
         cmd += ["--data-dir", args.data_dir] if args.data_dir else []
         cmd += [] if args.train and threads in args.train_threads else ["--no-train"]
+        cmd += [] if args.infer else ["--no-infer"]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(threads)}
         print(f"== {threads} thread(s)", flush=True)
         line = None
@@ -287,22 +294,15 @@ def main(argv=None) -> int:
             for out_line in worker_process.stdout:  # progress as it comes, the result at the end
                 if out_line.startswith("RESULT "):
                     line = out_line
+                elif out_line.startswith("PARTIAL "):
+                    write([*results, json.loads(out_line[8:])])
                 else:
                     print(out_line, end="", flush=True)
         if worker_process.returncode or line is None:
             print(f"error: the {threads}-thread run failed (exit {worker_process.returncode})", file=sys.stderr)
             return 1
         results.append(json.loads(line[7:]))
-    from lightning_cnn.analysis import machine_description
-    from lightning_cnn.atomic import write_text
-
-    command = "lightning-cnn-bench --acceptance " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = render(results, command.strip(), machine_description())
-    print("\n" + table)
-    out = Path(args.out)
-    write_text(out, table)
-    write_text(out.with_suffix(".json"), json.dumps({"command": command.strip(), "results": results}, indent=2)
-               + "\n")
+    print("\n" + write(results))
     return 0
 
 

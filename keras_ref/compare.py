@@ -4,6 +4,9 @@ For each model (``keras.applications``, ``weights=None``, every weight random an
 statistics away from 0/1, saved as a ``.keras`` file) and the same real CIFAR-10 test images resized:
 
 - ``keras_ref.convert`` (this project): the twin from ``convert()``;
+- ``model.py``: the plain PyTorch source the converter writes (imported from its file), with the twin's weights;
+- ``prepare_for_inference``: the twin's fast CPU inference copy (``lightning_cnn.converted.prepare_for_inference``:
+  oneDNN fused convolutions); inference only, so it does not train;
 - tf2onnx + onnx2torch: ``tf2onnx.convert.from_keras`` then ``onnx2torch.convert`` (NHWC in, as Keras);
 - Keras 3 on its torch backend: the same ``.keras`` file loaded in a subprocess with ``KERAS_BACKEND=torch``;
 - Keras on TensorFlow itself, as the reference and the speed baseline.
@@ -49,7 +52,7 @@ MODELS = {
     "DenseNet121": ("DenseNet121", {}),
     "NASNetMobile": ("NASNetMobile", {}),
 }
-TOOLS = ("keras_ref.convert", "tf2onnx+onnx2torch", "keras-torch-backend")
+TOOLS = ("keras_ref.convert", "model.py", "prepare_for_inference", "tf2onnx+onnx2torch", "keras-torch-backend")
 
 
 def build(name: str, size: int, seed: int = 0) -> keras.Model:
@@ -90,14 +93,21 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
 
 
-def _images_per_second(fn, x, repeats: int) -> float:
-    fn(x)  # warm-up
-    times = []
+def _interleaved(calls: dict, n: int, repeats: int) -> dict:
+    """{tool: (median images/s, median over rounds of its ratio to "keras")}: every call once per round, back to
+    back, after one warm-up each (a shared machine's speed drifts: only calls made back to back are compared)."""
+    for call in calls.values():
+        call()
+    rounds = []
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - started)
-    return round(len(x) / statistics.median(times), 1)
+        seconds = {}
+        for tool, call in calls.items():
+            started = time.perf_counter()
+            call()
+            seconds[tool] = time.perf_counter() - started
+        rounds.append(seconds)
+    return {tool: (round(n / statistics.median(r[tool] for r in rounds), 1),
+                   statistics.median(r["keras"] / r[tool] for r in rounds)) for tool in calls}
 
 
 def _torch_train_step(module: torch.nn.Module, x: torch.Tensor) -> str:
@@ -119,7 +129,14 @@ def _torch_train_step(module: torch.nn.Module, x: torch.Tensor) -> str:
     return "yes" if np.isfinite(loss) and moved else f"no (loss {loss:.3g}, weights moved: {moved})"
 
 
-def _run_torch_tool(make, x_in, reference, repeats) -> dict:
+def _torch_call(module, x_in):
+    with torch.inference_mode():
+        module(x_in)
+
+
+def _run_torch_tool(tool, make, x_in, reference, timed: dict, trains: bool = True) -> dict:
+    """Converts, checks and (``trains``) trains one step; the inference call is added to ``timed`` for the
+    interleaved timing (``_interleaved``)."""
     result = {"converts": "no"}
     try:
         started = time.perf_counter()
@@ -134,15 +151,39 @@ def _run_torch_tool(make, x_in, reference, repeats) -> dict:
             out = module(x_in)
         out = out[0] if isinstance(out, (tuple, list)) else out
         result["max_abs_diff"] = float(np.abs(out.numpy().reshape(reference.shape) - reference).max())
-        with torch.inference_mode():
-            result["images_per_s"] = _images_per_second(module, x_in, repeats)
+        timed[tool] = lambda: _torch_call(module, x_in)
     except Exception as exc:  # noqa: BLE001
         result["error"] = f"runs: {_error(exc)}"
+    if not trains:
+        result["trains_one_step"] = "n/a (inference copy)"
+        return result
     try:
         result["trains_one_step"] = _torch_train_step(module, x_in.clone())
     except Exception as exc:  # noqa: BLE001
         result["trains_one_step"] = f"no ({_error(exc)})"
     return result
+
+
+def model_py(keras_model, twin) -> torch.nn.Module:
+    """The converted folder's model.py for ``keras_model`` (the converter's source, imported from its file) with
+    the twin's weights (``strict=True``)."""
+    import importlib.util
+
+    from lightning_cnn.converted.source import model_source
+
+    from .convert import extract_graph
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.py"
+        path.write_text(model_source(extract_graph(keras_model).graph))
+        spec = importlib.util.spec_from_file_location("converted_model_py", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    # the model class is written last, after any helper classes (source.model_source)
+    cls = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__][-1]
+    source = cls()
+    source.load_state_dict(twin.state_dict(), strict=True)
+    return source.eval()
 
 
 def _tf2onnx_module(model, size):
@@ -214,16 +255,28 @@ def compare_model(name: str, size: int, data_dir=None, repeats: int = 3, timeout
     x = real_images(size, data_dir)
     reference = np.asarray(model(x, training=False))
     row = {"model": name, "input": f"{size}x{size}x3", "parameters": int(model.count_params()),
-           "max_abs_output": float(np.abs(reference).max()),
-           "keras_tensorflow": {"images_per_s": _images_per_second(model.predict_on_batch, x, repeats)}}
+           "max_abs_output": float(np.abs(reference).max()), "keras_tensorflow": {}}
+    timed = {"keras": lambda: model.predict_on_batch(x)}
+    xt = to_twin_input(x)
     if "keras_ref.convert" in tools:
-        row["keras_ref.convert"] = _run_torch_tool(lambda: convert(model), to_twin_input(x), reference, repeats)
+        row["keras_ref.convert"] = _run_torch_tool("keras_ref.convert", lambda: convert(model), xt, reference, timed)
+    if "model.py" in tools:
+        row["model.py"] = _run_torch_tool("model.py", lambda: model_py(model, convert(model)), xt, reference, timed)
+    if "prepare_for_inference" in tools:
+        from lightning_cnn.converted import prepare_for_inference
+
+        row["prepare_for_inference"] = _run_torch_tool("prepare_for_inference",
+                                                       lambda: prepare_for_inference(convert(model)), xt, reference,
+                                                       timed, trains=False)
     if "tf2onnx+onnx2torch" in tools:
         missing = [m for m in ("tf2onnx", "onnx2torch", "onnx") if importlib.util.find_spec(m) is None]
         row["tf2onnx+onnx2torch"] = ({"converts": "not installed", "error": f"{', '.join(missing)} not installed "
                                      "(pip install -e '.[compare]')"} if missing else
-                                    _run_torch_tool(lambda: _tf2onnx_module(model, size), torch.from_numpy(x),
-                                                    reference, repeats))
+                                    _run_torch_tool("tf2onnx+onnx2torch", lambda: _tf2onnx_module(model, size),
+                                                    torch.from_numpy(x), reference, timed))
+    for tool, (images_per_s, vs_keras) in _interleaved(timed, len(x), repeats).items():
+        target = row["keras_tensorflow"] if tool == "keras" else row[tool]
+        target.update(images_per_s=images_per_s, vs_keras=round(vs_keras, 2))
     if "keras-torch-backend" in tools:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.keras"
@@ -234,13 +287,14 @@ def compare_model(name: str, size: int, data_dir=None, repeats: int = 3, timeout
 
 def _cell(result: dict | None) -> list[str]:
     if not result:
-        return ["—"] * 4
+        return ["—"] * 5
     converts = result.get("converts", "no")
     if converts != "yes":
-        return [f"{converts}: {result.get('error', '')}".replace("|", "/"), "—", "—", "—"]
+        return [f"{converts}: {result.get('error', '')}".replace("|", "/"), "—", "—", "—", "—"]
     diff = f"{result['max_abs_diff']:.2g}" if "max_abs_diff" in result else result.get("error", "—")
     return [f"yes ({result.get('convert_seconds', 0):.1f} s)", diff, result.get("trains_one_step", "—"),
-            f"{result['images_per_s']:.0f}" if "images_per_s" in result else "—"]
+            f"{result['images_per_s']:.0f}" if "images_per_s" in result else "—",
+            f"{result['vs_keras']:.2f}×" if "vs_keras" in result else "—"]
 
 
 def render(rows: list[dict], meta: dict) -> str:
@@ -251,15 +305,22 @@ def render(rows: list[dict], meta: dict) -> str:
              "set away from 0/1; inputs: the first 32 real CIFAR-10 test images, resized (bilinear), in [0, 1]. "
              "max |Δ|: largest absolute difference of the 1000 softmax outputs from Keras on TensorFlow (same "
              "file, same images). Trains: one SGD step on cross-entropy runs, the loss is finite and a weight "
-             "changes. img/s: inference at batch 32 on this CPU, median of the timed calls after a warm-up "
-             "(a shared VM: compare within a row).", "",
-             "| model | input | tool | converts | max abs Δ | trains one step | img/s | Keras-TF img/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "changes. img/s: inference at batch 32 on this CPU; Keras on TensorFlow (`predict_on_batch`) and the "
+             "in-process torch tools are called in turn, once per round, after a warm-up each; img/s is the median "
+             "over rounds and × Keras the median of the rounds' ratios (a shared VM's speed drifts: only calls made "
+             "back to back are compared). keras-torch-backend runs in its own process after them, so its ratio "
+             "is to the Keras figure of that row, not interleaved.", "",
+             "| model | input | tool | converts | max abs Δ | trains one step | img/s | × Keras | Keras-TF img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for tool in TOOLS:
             if tool in row:
-                lines.append("| " + " | ".join([row["model"], row["input"], tool, *_cell(row[tool]),
-                                                f"{row['keras_tensorflow']['images_per_s']:.0f}"]) + " |")
+                keras_ips = row["keras_tensorflow"].get("images_per_s", 0.0)
+                result = row[tool]
+                if tool == "keras-torch-backend" and result.get("images_per_s") and keras_ips:
+                    result = {**result, "vs_keras": result["images_per_s"] / keras_ips}
+                lines.append("| " + " | ".join([row["model"], row["input"], tool, *_cell(result),
+                                                f"{keras_ips:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 

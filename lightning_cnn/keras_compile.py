@@ -252,12 +252,17 @@ class CompiledTwinModule(KerasStyleModule):
     switches to eval for validation and test.
     ``source`` names the Keras model (its path) in every checkpoint, so that a twin's checkpoint and a documented
     model's are never mistaken for each other; ``compiled`` and ``steps_per_execution`` as for
-    ``KerasRecipeModule``.
+    ``KerasRecipeModule``. ``speed`` (default ``Speed()``): ``channels_last`` runs a network with 2-D convolutions
+    in NHWC (inputs converted in ``forward``; the same arithmetic up to float32 summation order, parameters keep
+    their shapes and names), ``attribute_fast_path`` as for the documented models.
     """
 
     def __init__(self, network: nn.Module, compile_config: KerasCompile, num_classes: int, *, source: str = "",
-                 compiled: bool = False, steps_per_execution: int = 1):
+                 compiled: bool = False, steps_per_execution: int = 1, speed=None):
+        from .speed import Speed
+
         super().__init__(num_classes, steps_per_execution)
+        speed = speed or Speed()
         self.network = network.train()
         for module in network.modules():
             weights = list(module.parameters(recurse=False))
@@ -266,11 +271,18 @@ class CompiledTwinModule(KerasStyleModule):
         self.compile_config = compile_config
         self.source = source
         self._final_activation = FinalActivationInput(network, compile_config.logits_activations)
+        self.memory_format = speed.apply_memory_format(network)
         if compiled:
             self.network.compile()
+        speed.prepare_module(self)
+
+    def _to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     def forward(self, x: torch.Tensor | tuple) -> torch.Tensor:
-        return self.network(*x) if isinstance(x, tuple) else self.network(x)  # a tuple: one tensor per input
+        if isinstance(x, tuple):  # one tensor per input
+            return self.network(*(self._to_memory_format(t) for t in x))
+        return self.network(self._to_memory_format(x))
 
     def loss_and_output(self, x, y, stage):
         output = self(x)

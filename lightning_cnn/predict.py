@@ -138,14 +138,18 @@ def load_image(path: str | Path, spec: ModelSpec, invert: str = "auto") -> np.nd
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, spec: ModelSpec, images_uint8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predict_proba(model: nn.Module, spec: ModelSpec, images_uint8: np.ndarray, batch_size: int = 1000,
+                  speed=None) -> np.ndarray:
     """Softmax probabilities (N, classes) for uint8 images in the dataset's layout, computed in eval mode on the
-    model's device, ``batch_size`` images at a time (so a whole test set never sits in memory as floats)."""
-    model.eval()
+    model's device, ``batch_size`` images at a time (so a whole test set never sits in memory as floats).
+    ``speed`` (a ``lightning_cnn.speed.Speed``): run ``speed.inference_model(model)`` instead (lightning-cnn-predict
+    passes ``Speed()``: the oneDNN inference copy on a CPU); None, as reported results do: ``model`` itself."""
     device = next(model.parameters()).device
+    model = model.eval() if speed is None else speed.inference_model(model.eval())
     chunks = []
     for start in range(0, len(images_uint8), batch_size):
         x = preprocess(images_uint8[start:start + batch_size], spec.preprocessing)
         x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
-        chunks.append(torch.softmax(model(x).float(), dim=1).cpu())
+        with torch.inference_mode():
+            chunks.append(torch.softmax(model(x).float(), dim=1).cpu())
     return torch.cat(chunks).numpy()

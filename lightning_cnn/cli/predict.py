@@ -22,6 +22,7 @@ from ..atomic import write_text
 from ..data import CIFAR10_CLASSES, load_dataset
 from ..errors import UsageError, exit_on_user_error
 from ..predict import load_checkpoint_model, load_image, predict_proba
+from ..speed import Speed
 
 
 def _main(argv) -> int:
@@ -34,6 +35,8 @@ def _main(argv) -> int:
     p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
                    help="MNIST models: make dark-on-light drawings white-on-black (auto: if the background is light)")
     p.add_argument("--json", metavar="PATH", help="also write the predictions as JSON")
+    p.add_argument("--exact", action="store_true", help="run the network as trained instead of its oneDNN "
+                   "inference copy (the default on CPU: BN folded, convolutions fused; equal to float32 rounding)")
     args = p.parse_args(argv)
     if not args.images and not args.test_indices:
         p.error("give image files and/or --test-indices")
@@ -63,7 +66,8 @@ def _main(argv) -> int:
 
     records = []
     if inputs:
-        probabilities = predict_proba(model, spec, np.stack(inputs))
+        speed = Speed(inference_copy=not args.exact)
+        probabilities = predict_proba(model, spec, np.stack(inputs), speed=speed)
         for (name, truth), probs in zip(labels, probabilities):
             top = int(probs.argmax())
             truth_text = "" if truth is None else f" (true: {names[truth]})"

@@ -363,8 +363,11 @@ def _check_against_header(twin: nn.Module, weights_path: Path):
                                      f"{shape}, the file holds {stored[key]}")
 
 
-def load_converted(path: str | os.PathLike) -> fx.GraphModule:
+def load_converted(path: str | os.PathLike, for_inference: bool = False, speed=None) -> fx.GraphModule:
     """The twin saved by ``python -m keras_ref.convert`` (graph.json + weights.safetensors), in eval mode.
+
+    ``for_inference``: its fast inference copy instead (``Speed.inference_model``: ``prepare_for_inference`` on a
+    CPU, unless ``speed`` (a ``lightning_cnn.speed.Speed``) switches ``inference_copy`` off); eval only.
 
     Reads only those two files: JSON and safetensors (no pickle, no code from the folder); TensorFlow and Keras
     are not needed. The twin is first built without storage (meta device) and checked against the weights file's
@@ -393,4 +396,8 @@ def load_converted(path: str | os.PathLike) -> fx.GraphModule:
             _fail(str(weights_path), f"weight {key} holds NaN or infinite values (a diverged or damaged model)")
     twin = twin.to_empty(device="cpu")
     twin.load_state_dict(state)
+    if for_inference:
+        from ..speed import Speed
+
+        return (speed or Speed()).inference_model(twin.eval())
     return twin.eval()

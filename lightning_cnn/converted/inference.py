@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .. import layers
+from .vocabulary import HELPERS
+
 _CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
 
 
@@ -99,12 +102,43 @@ class _ConvSpec:
     post_op: tuple = _NO_POST_OP
 
 
+# Activation modules -> the post-op: those a documented model's ``layers.Conv2d`` fuses, and nn.ReLU in a graph.
+_MODULE_POST_OPS = {nn.ReLU: POST_OPS[torch.relu], nn.Identity: _NO_POST_OP, nn.Sigmoid: POST_OPS[torch.sigmoid],
+                    nn.Tanh: POST_OPS[torch.tanh]}
+
+
 def _conv_spec(module: nn.Module) -> _ConvSpec | None:
-    """The 2-D convolution ``module`` computes, or None if it is not one this rewrite takes."""
-    if type(module) is not nn.Conv2d or module.padding_mode != "zeros" or isinstance(module.padding, str):
+    """The 2-D convolution ``module`` computes, or None if it is not one this rewrite takes: a plain nn.Conv2d,
+    or the documented models' ``layers.Conv2d`` with its fused activation (symmetric padding only)."""
+    post_op = _NO_POST_OP
+    if isinstance(module, layers.Conv2d):
+        post_op = _MODULE_POST_OPS.get(type(module.activation))
+        if module.same_pad is not None or post_op is None:
+            return None
+    elif type(module) is not nn.Conv2d:
+        return None
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
         return None
     return _ConvSpec(module.weight.detach(), None if module.bias is None else module.bias.detach(),
-                     list(module.stride), list(module.dilation), module.groups, list(module.padding))
+                     list(module.stride), list(module.dilation), module.groups, list(module.padding), post_op)
+
+
+class _ConvLeafTracer(fx.Tracer):
+    """torch.fx's tracer, keeping as one module call every nn.Conv2d subclass (``layers.Conv2d``) and the helper
+    modules a model.py copies from ``lightning_cnn.layers`` (``SamePad`` computes its pads from the input's size,
+    which a trace cannot follow)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, nn.Conv2d) or type(module).__name__ in HELPERS or \
+            super().is_leaf_module(module, qualified_name)
+
+
+def as_graph_module(model: nn.Module) -> fx.GraphModule:
+    """``model`` itself if it is a GraphModule (a twin), else an fx trace of an eval-mode copy."""
+    if isinstance(model, fx.GraphModule):
+        return model
+    model = copy.deepcopy(model).eval()
+    return fx.GraphModule(model, _ConvLeafTracer().trace(model), type(model).__name__)
 
 
 class OneDNNConv2d(nn.Module):
@@ -183,7 +217,8 @@ class _Rewriter:
         if node is None or len(node.args) != 1 or not _defaults_only(node.kwargs, ACTIVATION_DEFAULTS):
             return None
         if node.op == "call_module":
-            return POST_OPS[torch.relu] if type(self._module(node)) is nn.ReLU else None
+            post_op = _MODULE_POST_OPS.get(type(self._module(node)))
+            return None if post_op == _NO_POST_OP else post_op
         return POST_OPS.get(node.target) if node.op == "call_function" else None
 
     def _is_add(self, node) -> bool:
@@ -237,16 +272,16 @@ class _Rewriter:
 
     def conv(self, node, spec: _ConvSpec) -> None:
         x = self._take_padding(spec, node)
-        if self._fold_bn(spec, self._only_user(node)):
+        if spec.post_op == _NO_POST_OP and self._fold_bn(spec, self._only_user(node)):
             self._absorb(self._only_user(node), node)
-        post_op = self._post_op(self._only_user(node))
+        post_op = self._post_op(self._only_user(node)) if spec.post_op == _NO_POST_OP else None
         if post_op is not None:
             spec.post_op = post_op
             self._absorb(self._only_user(node), node)
             self._replace(node, OneDNNConv2d(spec), (x,))
             return
         add = self._only_user(node)
-        if not self._is_add(add):
+        if spec.post_op != _NO_POST_OP or not self._is_add(add):
             self._replace(node, OneDNNConv2d(spec), (x,))
             return
         other = add.args[1] if add.args[0] is node else add.args[0]
@@ -295,7 +330,7 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True, onednn: 
 
     Inputs stay as the model takes them (NCHW images); outputs equal its own up to float32 summation order.
     """
-    twin = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(copy.deepcopy(model).eval())
+    twin = as_graph_module(model)
     if onednn is None:
         onednn = onednn_available(twin)
     if not onednn:

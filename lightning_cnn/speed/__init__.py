@@ -26,6 +26,10 @@ class Speed:
     - ``fused_optimizers``: torch's one-kernel Adam and SGD on CPU too (torch picks them by itself on CUDA only).
     - ``cpu_tuning``: on a CPU run, glibc keeps freed memory and torch checks for CUDA once
       (``speed/cpu_tuning.py``); put back when the run ends, by teardown or exception.
+    - ``inference_copy``: prediction (``lightning-cnn-predict``, ``load_converted(..., for_inference=True)``) runs
+      the oneDNN inference copy of the network (``lightning_cnn.converted.prepare_for_inference``: BN folded,
+      convolutions fused with their activation and residual add), equal to ``forward`` to float32 rounding;
+      networks it cannot take (not float32 on the CPU, not traceable by torch.fx) run as they are.
     - ``onednn_evaluation`` (off by default): validation, test and predict on CPU in float32 run an inference copy
       of the network in oneDNN's layout (``speed/onednn.py``), equal to ``forward`` to float32 rounding. Off, the
       reported metrics come from ``forward``, the network that was trained.
@@ -36,6 +40,7 @@ class Speed:
     channels_last: bool = True
     fused_optimizers: bool = True
     cpu_tuning: bool = True
+    inference_copy: bool = True
     onednn_evaluation: bool = False
 
     @classmethod
@@ -45,12 +50,17 @@ class Speed:
 
     def prepare_network(self, model):
         """Applies the network tricks to ``model`` in place; returns the memory format its inputs should have."""
-        import torch
-
         from .pooling import pool_before_activation_
 
         if self.pool_before_activation:
             pool_before_activation_(model)
+        return self.apply_memory_format(model)
+
+    def apply_memory_format(self, model):
+        """Puts a network with 2-D convolutions channels-last when ``channels_last`` is on; returns the memory
+        format its inputs should have (the layout trick alone, for networks the other tricks do not know)."""
+        import torch
+
         has_convolutions = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
         memory_format = torch.channels_last if self.channels_last and has_convolutions else torch.contiguous_format
         model.to(memory_format=memory_format)
@@ -74,6 +84,22 @@ class Speed:
         from .onednn import onednn_forward
 
         return onednn_forward(model, fallback)
+
+    def inference_model(self, model):
+        """What predictions run for ``model`` (eval mode): its inference copy (``inference_copy``) where one can
+        be made, else ``model`` itself. The copy is built from the weights as they are now."""
+        if not self.inference_copy:
+            return model
+        from torch.fx.proxy import TraceError
+
+        from ..converted.inference import onednn_available, prepare_for_inference
+
+        if not onednn_available(model):
+            return model
+        try:
+            return prepare_for_inference(model)
+        except (TraceError, TypeError, NotImplementedError):  # control flow torch.fx cannot trace
+            return model
 
     def trainer_callbacks(self, accelerator="auto") -> list:
         """The Lightning callbacks a Trainer on ``accelerator`` (its name, e.g. ``"cpu"``, or an ``Accelerator``)

@@ -1,0 +1,112 @@
+"""The oneDNN inference copy (``prepare_for_inference`` / ``Speed.inference_model``) computes what the network does.
+
+TF-free: small stock-module networks with every pattern the rewrite fuses (conv -> BN -> activation, conv -> BN
+-> residual add -> ReLU, a lone BN -> ReLU after a concatenation, symmetric zero padding taken into the conv,
+depthwise conv -> relu6, silu) and a documented model. Tolerance: max |copy - network| <= 1e-5 x the largest
+|output| (float32: folding BN and fusing post-ops only changes rounding, ~1e-7 relative per layer; a wrong fold,
+padding or layout is O(1)). The acceptance models are checked against Keras in parity_tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lightning_cnn.converted import prepare_for_inference
+from lightning_cnn.converted.inference import OneDNNConv2d, ScaleShift
+from lightning_cnn.speed import Speed
+
+RTOL = 1e-5  # relative to the largest |output|; see the module docstring
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+class Patterns(nn.Module):
+    """One of each pattern, in the stock modules and functions a converted twin is made of."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d(1)
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.depthwise_bn = nn.BatchNorm2d(8)
+        self.project = nn.Conv2d(8, 8, 1)
+        self.project_bn = nn.BatchNorm2d(8)
+        self.concat_bn = nn.BatchNorm2d(16)
+        self.expand = nn.Conv2d(16, 12, 3, padding=1)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(self.pad(x))))
+        y = F.relu6(self.depthwise_bn(self.depthwise(x)))
+        x = torch.relu(self.project_bn(self.project(y)) + x)
+        x = torch.relu(self.concat_bn(torch.cat([x, y], 1)))
+        x = F.silu(self.expand(x))
+        return self.head(x.mean((2, 3)))
+
+
+def _randomized(model: nn.Module) -> nn.Module:
+    """Seeded weights and BN statistics away from 0/1, so a BN folded wrongly shows."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.5 + 0.5 if tensor.dim() == 1
+                             else torch.randn(tensor.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
+def assert_close(expected: torch.Tensor, got: torch.Tensor):
+    scale = expected.abs().max()
+    assert scale > 1e-3, "outputs are ~0: the comparison would prove nothing"
+    assert (got - expected).abs().max() <= RTOL * scale
+
+
+@pytest.fixture(scope="module")
+def twin():
+    return _randomized(fx.symbolic_trace(Patterns()))
+
+
+def test_every_pattern_is_fused_and_matches(twin):
+    fast = prepare_for_inference(twin)
+    modules = list(fast.modules())
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ZeroPad2d)) for m in modules)
+    convs = [m for m in modules if isinstance(m, OneDNNConv2d)]
+    post_ops = sorted((m.add, m.post_op[0]) for m in convs)
+    assert post_ops == [(False, "hardtanh"), (False, "relu"), (False, "swish"), (True, "relu")]
+    assert [m.padding for m in convs][0] == [1, 1]  # the ZeroPad2d went into the stem's own padding
+    assert sum(isinstance(m, ScaleShift) and m.relu for m in modules) == 1  # the BN after the concatenation
+    for shape in ((1, 3, 17, 17), (3, 3, 32, 24), (1, 3, 17, 17)):  # a new size reorders the weights again
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.inference_mode():
+            assert_close(twin(x), fast(x))
+    assert all(isinstance(m, nn.BatchNorm2d) for m in (twin.stem_bn, twin.concat_bn))  # the twin is unchanged
+    assert twin.stem.weight.is_contiguous()
+
+
+def test_plain_module_and_switch(twin):
+    """model.py is a plain nn.Module: traced, then the same rewrite; Speed(inference_copy=False) keeps the model."""
+    plain = _randomized(Patterns())
+    fast = Speed().inference_model(plain)
+    assert any(isinstance(m, OneDNNConv2d) for m in fast.modules())
+    x = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert_close(plain(x), fast(x))
+    assert Speed(inference_copy=False).inference_model(plain) is plain
+    assert Speed().inference_model(plain.double()) is plain  # not float32: nothing to fuse in oneDNN
+
+
+def test_documented_model_prediction_copy_matches():
+    """lightning-cnn-predict's default: the documented CNN's layers.Conv2d(activation="relu") become fused calls."""
+    from lightning_cnn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mnist_cnn_small").eval()
+    fast = Speed().inference_model(model)
+    assert any(isinstance(m, OneDNNConv2d) and m.post_op[0] == "relu" for m in fast.modules())
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert_close(model(x), fast(x))
