@@ -36,12 +36,14 @@ import torch  # noqa: E402
 
 from keras_ref.operations import call_arguments, describe, is_operation  # noqa: E402
 from keras_ref.parity import ParityError, keras_config_size, load_keras_model  # noqa: E402
-from lightning_cnn.atomic import write_text  # noqa: E402
+from lightning_cnn.atomic import replace_folder, write_text  # noqa: E402
 from lightning_cnn.converted.graph import (FORMAT, LAYOUT_RULE, VERSION, ConvertedModelError,  # noqa: E402
                                            build_twin, python_name)
 from lightning_cnn.converted.rules import RULES, Emitter, LayerCall  # noqa: E402
 from lightning_cnn.converted.source import model_source  # noqa: E402
 from lightning_cnn.errors import exit_on_user_error  # noqa: E402
+from keras_ref.cli_checks import (MAX_INPUT_BYTES, MAX_SAMPLES, check_count, check_seed,  # noqa: E402
+                                  check_tolerance, model_samples, read_inputs)
 from keras_ref.tolerance import (ATOL, RULE, float64_inputs, float64_twin, max_abs, tolerance,  # noqa: E402
                                  within)
 
@@ -157,12 +159,16 @@ def _trace(model, taken: set) -> tuple[list, list, list, dict]:
             results[value] = [python_name(f"{value}_{i}", taken) for i in range(len(node.output_tensors))]
         return value
 
-    inputs = []
-    for tensor in _graph_of(model).inputs:
-        name = python_name(tensor._keras_history.operation.name, taken)
-        inputs.append(dict(name=name, shape=_shape(tensor.shape), dtype=str(tensor.dtype)))
+    inputs = input_specs(model, taken)
     outputs = trace(model, [i["name"] for i in inputs], "")
     return inputs, sequence, outputs, results
+
+
+def input_specs(model, taken: set | None = None) -> list[dict]:
+    """graph.json's ``inputs``: name (as in the twin's code), shape (batch axis first) and dtype per model input."""
+    taken = set() if taken is None else taken
+    return [dict(name=python_name(tensor._keras_history.operation.name, taken), shape=_shape(tensor.shape),
+                 dtype=str(tensor.dtype)) for tensor in _graph_of(model).inputs]
 
 
 def _flatten_before_dense(sequence: list, outputs: list) -> None:
@@ -374,22 +380,6 @@ def _output_names(twin) -> list:
     return [a.name for a in (args if isinstance(args, tuple) else (args,))]
 
 
-def _load_inputs(path, ext: Extraction) -> list:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = dict(npz)
-    except (OSError, ValueError) as error:
-        raise ParityError(f"--inputs {path}: cannot read it as an .npz of arrays ({error})") from None
-    names = [spec["name"] for spec in ext.graph["inputs"]]
-    if len(names) == 1 and len(data) == 1:  # one input, one array: its name does not matter
-        data = {names[0]: next(iter(data.values()))}
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise ParityError(f"--inputs {path}: no array named {missing} (it has {sorted(data)}); name one array per "
-                          f"model input {names}, in Keras layout")
-    return [data[n] if "int" in data[n].dtype.name else data[n].astype(np.float32) for n in names]
-
-
 def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -408,6 +398,14 @@ def compile_config_of_file(path) -> dict | None:
         return None
 
 
+def check_out(out_dir) -> Path:
+    """``out_dir`` as a Path, refused (one line) if it exists and is not a converted model folder to replace."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "graph.json").is_file())):
+        raise ConvertedModelError(f"{out} exists and is not a converted model folder; choose another --out")
+    return out
+
+
 def save_converted(keras_model, out_dir, inputs=None, atol: float = ATOL, *, compile_config=None,
                    n: int = 8, seed: int = 0) -> Path:
     """Convert ``keras_model`` and write the twin's folder (see the module docstring); returns its path.
@@ -417,9 +415,12 @@ def save_converted(keras_model, out_dir, inputs=None, atol: float = ATOL, *, com
     under ``keras_ref.tolerance.RULE`` (``atol`` is its floor, relative to max(1, the largest output)). The
     folder is written even when the check fails (``passed: false``) so it can be inspected.
     """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "graph.json").is_file())):
-        raise ConvertedModelError(f"{out} exists and is not a converted model folder; choose another --out")
+    return _save(keras_model, out_dir, inputs, atol, compile_config, n, seed)[0]
+
+
+def _save(keras_model, out_dir, inputs, atol, compile_config, n, seed) -> tuple[Path, dict]:
+    """save_converted, also returning the parity report it wrote (another writer may since have replaced it)."""
+    out = check_out(out_dir)
     started = time.perf_counter()
     ext, twin = _twin_of(keras_model)
     seconds = time.perf_counter() - started
@@ -442,7 +443,7 @@ def save_converted(keras_model, out_dir, inputs=None, atol: float = ATOL, *, com
     if compile_config is not None:
         files["compile.json"] = json.dumps(compile_config, indent=1, default=_jsonable)
     _write_folder(out, twin, files)
-    return out
+    return out, parity
 
 
 def _tf_version() -> str:
@@ -452,29 +453,22 @@ def _tf_version() -> str:
 
 
 def _write_folder(out: Path, twin, files: dict) -> None:
-    """Everything goes to a temporary sibling folder, which then replaces ``out`` in one rename."""
+    """Everything goes to a temporary sibling folder, which then takes ``out``'s place in one step: a reader, or
+    another conversion into the same ``out`` at the same time, only ever sees a complete folder (the last one to
+    arrive stays)."""
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = None
     try:
         save_file({k: v.contiguous() for k, v in twin.state_dict().items()}, tmp / "weights.safetensors")
         for name, text in files.items():
             write_text(tmp / name, text + "\n")
         os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)
         raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -497,11 +491,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="folder to write (replaced if it is a converted folder)")
     parser.add_argument("--supported", action="store_true",
                         help="print the Markdown table of supported Keras layers and keras.ops calls, and exit")
-    parser.add_argument("--inputs", help=".npz with real samples in Keras layout (one array per model input)")
+    parser.add_argument("--inputs", help=f".npz with real samples in Keras layout (one array per model input, at "
+                        f"most {MAX_SAMPLES} samples and {MAX_INPUT_BYTES >> 30} GiB: all run in one batch)")
     parser.add_argument("--atol", type=float, default=ATOL,
                         help="floor of the tolerance, relative to max(1, largest output); the tolerance is 4x the "
                              "twin's own float32 error (against its float64 run) plus this (keras_ref.tolerance)")
-    parser.add_argument("-n", type=int, default=8, help="number of random inputs when --inputs is not given")
+    parser.add_argument("-n", type=int, default=8,
+                        help=f"number of random inputs when --inputs is not given (1 to {MAX_SAMPLES})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.supported:
@@ -509,16 +505,17 @@ def main(argv=None) -> int:
         return 0
     if args.model is None or args.out is None:
         parser.error("MODEL and --out are required (or --supported)")
+    check_tolerance("--atol", args.atol)
+    check_count("-n", args.n, "random samples")
+    check_seed(args.seed)
+    check_out(args.out)
+    arrays = read_inputs(args.inputs) if args.inputs else None
     try:
         model = load_keras_model(args.model)
     except (FileNotFoundError, ValueError) as error:
         raise ParityError(f"cannot load {args.model}: {error}") from None
-    ext_inputs = None
-    if args.inputs:
-        ext_inputs = _load_inputs(args.inputs, extract_graph(model))
-    out = save_converted(model, args.out, ext_inputs, args.atol, compile_config=compile_config_of_file(args.model),
-                         n=args.n, seed=args.seed)
-    parity = json.loads((out / "parity.json").read_text())
+    samples = None if arrays is None else model_samples(args.inputs, arrays, input_specs(model))
+    out, parity = _save(model, args.out, samples, args.atol, compile_config_of_file(args.model), args.n, args.seed)
     for r in parity["outputs"]:
         print(f"{model.name} output {r['output']}: max |Keras - twin| = {r['max_abs_diff']:.3g}, tolerance "
               f"{r['tolerance']:.3g} (twin's float32 error {r['twin_float32_error']:.3g}, largest |output| "

@@ -505,22 +505,29 @@ class ParityUsageError(ValueError, UserError):
     """A bad argument to ``python -m keras_ref.parity`` (a missing file, inputs of the wrong shape): exit 2."""
 
 
-def _load_inputs(path: str, input_shape: tuple, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x, y or None) from an .npz: x under "x" (or the only array), labels optionally under "y"; Keras layout."""
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            names = list(arrays.files)
-            key = "x" if "x" in names else names[0] if len(names) == 1 else None
-            if key is None:
-                raise ParityUsageError(f"--inputs {path}: holds {names}; put the samples under 'x' (labels, "
-                                       "optional, under 'y')")
-            x, y = arrays[key][:batch], (arrays["y"][:batch].reshape(-1) if "y" in names else None)
-    except (OSError, ValueError) as error:
-        raise ParityUsageError(f"--inputs {path}: not a readable .npz file ({error})") from None
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        raise ParityUsageError(f"--inputs {path}: samples of shape {tuple(x.shape[1:])}, the model takes "
-                               f"{tuple(input_shape)} (Keras layout, batch axis first)")
-    return x.astype(np.float32), y
+def _load_inputs(path: str, arrays: dict, input_shape: tuple, batch: int, classes: int):
+    """(x, y or None): the first ``batch`` samples under "x" (or the only array besides "y"), checked against the
+    model's input; integer labels 0..classes-1 under "y", optional, one per sample of x."""
+    from .cli_checks import model_samples
+
+    y = arrays.pop("y", None)
+    if "x" in arrays:
+        arrays = {"x": arrays["x"]}
+    if len(arrays) != 1:
+        raise ParityUsageError(f"--inputs {path}: holds {sorted(arrays)}; put the samples under 'x' (labels, "
+                               "optional, under 'y')")
+    key = next(iter(arrays))
+    [x] = model_samples(path, arrays, [dict(name=key, shape=(None, *input_shape))], take=batch)
+    if y is not None:
+        n = len(arrays[key])
+        if y.dtype.kind not in "iu" or y.reshape(len(y), -1).shape != (n, 1):
+            raise ParityUsageError(f"--inputs {path}: 'y' is {y.dtype} {y.shape}; give one integer class index per "
+                                   f"sample of {key!r} ({n}), shape ({n},)")
+        y = y.reshape(-1)[:batch].astype(np.int64)
+        if y.min() < 0 or y.max() >= classes:
+            raise ParityUsageError(f"--inputs {path}: 'y' holds class {y.min() if y.min() < 0 else y.max()}; the "
+                                   f"model has {classes} outputs: give labels 0 to {classes - 1}")
+    return x, y
 
 
 def _report(model, twin, x, source: str, atol: float) -> dict:
@@ -544,6 +551,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    from .cli_checks import (MAX_SAMPLES, MAX_TRAIN_STEPS, check_count, check_seed, check_tolerance,
+                             check_train_steps, read_inputs)
     from .convert import compile_config_of_file, convert
     from .step_parity import TRAIN_ATOL, train_step_parity
     from .tolerance import ATOL
@@ -553,7 +562,8 @@ def _main(argv) -> int:
         description="Check a Keras model file against its PyTorch twin (loaded with safe_mode=True: Lambda code "
                     "is never run). Exit status 0 when within tolerance, 1 when not, 2 for bad input.")
     parser.add_argument("model", help=".keras or .h5 file")
-    parser.add_argument("--batch", type=int, default=8, help="samples compared (the first N of --inputs)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help=f"samples compared (the first N of --inputs; 1 to {MAX_SAMPLES}: all run in one batch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--atol", type=float, default=ATOL,
                         help="floor of the tolerance, relative to max(1, largest output); the tolerance is 4x the "
@@ -566,23 +576,32 @@ def _main(argv) -> int:
                         "printed there)")
     parser.add_argument("--train-steps", type=int, default=0, metavar="N",
                         help="also train N steps on both sides with the file's own optimizer and loss (its compile "
-                        "config; Adam + sparse categorical cross-entropy if it has none) and compare the weights")
+                        "config; Adam + sparse categorical cross-entropy if it has none) and compare the weights; "
+                        f"at most {MAX_TRAIN_STEPS}: float32 rounding compounds with every step, so past that a "
+                        "mismatch no longer tells a wrong optimizer formula from rounding")
     parser.add_argument("--train-atol", type=float, default=TRAIN_ATOL,
                         help=f"max |Δ| of any weight after --train-steps (default {TRAIN_ATOL:g})")
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.train_steps < 0:
-        raise ParityUsageError("--batch must be at least 1 and --train-steps at least 0")
+    check_count("--batch", args.batch, "samples")
+    check_seed(args.seed)
+    check_tolerance("--atol", args.atol)
+    check_tolerance("--train-atol", args.train_atol)
+    check_train_steps(args.train_steps)
+    arrays = read_inputs(args.inputs) if args.inputs else None
     try:
         model = load_keras_model(args.model)
     except (OSError, ValueError) as error:
         raise ParityUsageError(f"{args.model}: cannot load it as a Keras model ({error})") from None
-    twin = convert(model)
     shape = _model_input_shape(model)[1:]
+    if None in shape and not args.inputs:
+        raise ParityUsageError(f"{model.name} takes inputs of shape {shape}: random ones need every size; give "
+                               "real samples with --inputs")
     rng = np.random.default_rng(args.seed)
     if args.inputs:
-        x, y = _load_inputs(args.inputs, shape, args.batch)
+        x, y = _load_inputs(args.inputs, arrays, shape, args.batch, int(model.outputs[0].shape[-1]))
     else:
         x, y = rng.random((args.batch, *shape), dtype=np.float32), None
+    twin = convert(model)
     report = _report(model, twin, x, args.inputs or "random [0, 1)", args.atol)
     lines = [f"{model.name}: {report['parameters']:,} parameters; max |Keras - PyTorch| on {len(x)} "
              f"{'samples from ' + args.inputs if args.inputs else 'random inputs in [0, 1)'} = "

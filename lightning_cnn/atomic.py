@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -44,3 +47,53 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def replace_folder(new: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the complete folder ``new`` at ``out`` in one step and delete the folder it replaces.
+
+    Where ``out`` exists the two are swapped (Linux's renameat2 RENAME_EXCHANGE), so a reader never finds ``out``
+    missing or half-replaced; elsewhere the previous folder is first moved aside. Several processes replacing one
+    ``out`` at once each land whole, the last to arrive stays: a try that loses a race to another writer retries.
+    """
+    new, out = Path(new), Path(out)
+    while True:
+        try:
+            os.rename(new, out)  # no out yet (or an empty folder)
+            return
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        swapped = _exchange(new, out)
+        if swapped:
+            shutil.rmtree(new, ignore_errors=True)  # it now holds the previous folder
+            return
+        if swapped is None:
+            continue  # out went away in between: rename again
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(out, aside / out.name)
+        try:
+            os.rename(new, out)
+            return
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool | None:
+    """Swap two paths atomically: True; None if ``b`` does not exist; False where the system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2  # AT_FDCWD (fcntl.h), RENAME_EXCHANGE (linux/fs.h)
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.ENOENT:
+        return None
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a file system or kernel without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
