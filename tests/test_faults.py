@@ -583,12 +583,11 @@ print("\\nREPORT", json.dumps({"status": status, "environment_changed": sorted(
 def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(data_dir, tmp_path, reliability):
     out = tmp_path / "out"
     config = dict(model=MODEL, accelerator="cpu", data_dir=str(data_dir), out=str(out), epochs=3,
-                  train_images="1280", limit_test_batches=1, seed=5, progress_bar=False)
+                  train_images="6400", limit_test_batches=1, seed=5, progress_bar=False)
     process = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_RUN, json.dumps(config)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = out / "checkpoints" / "last.ckpt"
-    wait_for(last, process)
-    time.sleep(0.3)
+    wait_for(last, process)  # epoch 1 is saved; epoch 2 (200 steps, ~1 s on an idle machine) has begun
     process.send_signal(signal.SIGINT)
     stdout, err = process.communicate(timeout=300)
     assert "Traceback" not in err, err
@@ -611,10 +610,9 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
 
 def test_sigterm_during_fit_names_the_checkpoint_to_resume_and_exits_143(data_dir, tmp_path, reliability):
     out = tmp_path / "out"
-    process = train_process(train_args(out, data_dir, "--epochs", 3, "--train-images", 1280), tmp_path)
+    process = train_process(train_args(out, data_dir, "--epochs", 3, "--train-images", 6400), tmp_path)
     last = out / "checkpoints" / "last.ckpt"
-    wait_for(last, process)
-    time.sleep(0.3)  # into epoch 2
+    wait_for(last, process)  # epoch 1 is saved; epoch 2 (200 steps, ~1 s on an idle machine) has begun
     process.send_signal(signal.SIGTERM)
     status, err = finish(process)
     assert "Traceback" not in err, err[-3000:]

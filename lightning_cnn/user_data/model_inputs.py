@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from . import UserDataError
 
@@ -50,15 +50,12 @@ class ModelInputs:
 
     @classmethod
     def of_twin(cls, twin: nn.Module) -> ModelInputs:
-        from ..converted import OPS
-
-        readers = _readers_of_inputs(twin)
+        readers = getattr(twin, "input_readers", {})  # set by lightning_cnn.converted.build_twin
         inputs = []
         for spec in twin.input_specs:
-            modules = readers.get(spec["name"], [])
-            ids = "int" in str(spec.get("dtype", "")) or (
-                bool(modules) and all(isinstance(m, OPS["embedding"]) for m in modules))
-            scales = any(isinstance(m, OPS["affine"]) for m in modules)
+            classes = readers.get(spec["name"], [])
+            ids = "int" in str(spec.get("dtype", "")) or (bool(classes) and all(c == "Embedding" for c in classes))
+            scales = any(c in ("Rescaling", "Normalization") for c in classes)
             inputs.append(InputSpec(spec["name"], tuple(spec["shape"][1:]), ids, scales))
         return cls(tuple(inputs), _output_width(twin, inputs))
 
@@ -107,18 +104,6 @@ class ModelInputs:
         if num_classes != self.output_width:
             raise UserDataError(f"{where} has {num_classes} classes but the model has {self.output_width} outputs; "
                                 "use data with one class per output, or a model with one output per class")
-
-
-def _readers_of_inputs(twin: nn.Module) -> dict[str, list[nn.Module]]:
-    """Input name -> the modules that read it directly (a converted twin is a ``torch.fx.GraphModule``)."""
-    if not isinstance(twin, fx.GraphModule):
-        return {}
-    readers: dict[str, list[nn.Module]] = {}
-    for node in twin.graph.nodes:
-        if node.op == "placeholder":
-            readers[node.target] = [twin.get_submodule(user.target) for user in node.users
-                                    if user.op == "call_module"]
-    return readers
 
 
 def _output_width(twin: nn.Module, inputs: list[InputSpec]) -> int:
