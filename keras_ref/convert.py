@@ -353,16 +353,19 @@ def from_twin_output(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a)
 
 
-def compare(keras_model, twin, inputs: list) -> list[dict]:
+def compare(keras_model, twin, inputs: list, reference=None) -> list[dict]:
     """Per output on ``inputs`` (Keras layout): max |Keras - twin|, the largest |Keras output|, the twin's own
-    float32 error (max |twin - twin in float64|) and the tolerance ``keras_ref.tolerance`` derives from them."""
+    float32 error (max |twin - twin in float64|) and the tolerance ``keras_ref.tolerance`` derives from them.
+
+    ``reference``: the module whose float64 run is the exact answer, when ``twin`` is a rewrite of it that has no
+    float64 form of its own (``prepare_for_inference``'s oneDNN copy); by default ``twin`` itself."""
     expected = keras_model(inputs if len(inputs) > 1 else inputs[0], training=False)
     expected = [keras.ops.convert_to_numpy(e) for e in (expected if isinstance(expected, (list, tuple))
                                                          else [expected])]
     twin_inputs = [to_twin_input(x) for x in inputs]
     with torch.no_grad():
         got = twin.eval()(*twin_inputs)
-        exact = float64_twin(twin)(*float64_inputs(twin_inputs))
+        exact = float64_twin(twin if reference is None else reference)(*float64_inputs(twin_inputs))
     got, exact = ([from_twin_output(g) for g in (out if isinstance(out, tuple) else (out,))] for out in (got, exact))
     report = []
     for name, e, g, x in zip(_output_names(twin), expected, got, exact):

@@ -135,8 +135,8 @@ def architecture(request):
     return request.param, model, convert(model), images_for(request.param)
 
 
-def assert_logits_match(model, twin, x, label):
-    (report,) = compare(model, twin, [x])
+def assert_logits_match(model, twin, x, label, reference=None):
+    (report,) = compare(model, twin, [x], reference)
     print(f"{label}: max |Keras - twin| = {report['max_abs_diff']:.3g}, tolerance {report['tolerance']:.3g} "
           f"(twin's float32 error {report['twin_float32_error']:.3g}), largest |logit| {report['max_abs_output']:.3g}")
     assert report["max_abs_output"] > 1e-3, "logits are ~0: the comparison would prove nothing"
@@ -176,11 +176,11 @@ def test_inference_copy_matches(architecture):
     assert len([m for m in fast.modules() if isinstance(m, ScaleShift)]) < max(len(batch_norms), 1)
     assert any(isinstance(m, OneDNNConv2d) and m.post_op[0] != "none" for m in fast.modules())
     assert all(m.weight.is_contiguous() for m in twin.modules() if isinstance(m, Conv))
-    assert_logits_match(model, fast, x, f"{name} prepared for inference")
+    assert_logits_match(model, fast, x, f"{name} prepared for inference", reference=twin)
     plain = prepare_for_inference(twin, onednn=False)
     convs = [m for m in plain.modules() if isinstance(m, Conv) and m.weight.dim() == 4]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
-    assert_logits_match(model, plain, x, f"{name} BN-folded, channels-last")
+    assert_logits_match(model, plain, x, f"{name} BN-folded, channels-last", reference=twin)
 
 
 def _in_float64(build):

@@ -118,7 +118,8 @@ def test_parity_cli_bad_input_exits_2(skip_file, tmp_path, capsys):
     np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 32, 32, 3), np.float32))
     args = [str(skip_file / "skip.keras"), "--inputs", str(tmp_path / "wrong.npz")]
     assert exit_on_user_error(parity_main, args) == 2
-    assert "(32, 32, 3)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(4, 32, 32, 3)" in err and "(N, 28, 28, 1)" in err, err  # the array's shape and the model's
     assert exit_on_user_error(parity_main, [str(tmp_path / "missing.keras")]) == 2
 
 
