@@ -537,14 +537,13 @@ def test_kill_during_a_checkpoint_save_leaves_no_half_written_file(data_dir, tmp
 
 
 def test_kill_9_mid_epoch_then_resume_gives_the_same_weights(data_dir, tmp_path, reliability):
-    common = ["--epochs", 3, "--train-images", 1280]
+    common = ["--epochs", 3, "--train-images", 6400]  # 200 steps an epoch: the kill lands inside epoch 2
     # The uninterrupted run alongside the one to be killed: each spends seconds importing on one core.
     straight = train_process(train_args(tmp_path / "straight", data_dir, *common), tmp_path)
     out = tmp_path / "killed"
     killed = train_process(train_args(out, data_dir, *common), tmp_path)
     last = out / "checkpoints" / "last.ckpt"
-    wait_for(last, killed)
-    time.sleep(0.3)  # into epoch 2
+    wait_for(last, killed)  # epoch 1 is saved; epoch 2 has begun
     killed.send_signal(signal.SIGKILL)
     assert finish(killed)[0] == -signal.SIGKILL
     status, err = finish(straight)
