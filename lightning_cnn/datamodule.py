@@ -56,6 +56,22 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+
+def in_groups(batches, size: int):
+    """``batches`` as a ``steps_per_execution=size`` step takes them: one by one for 1, else lists of ``size``
+    (the last one shorter when the epoch does not divide)."""
+    if size == 1:
+        yield from batches
+        return
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
 class InMemoryLoader:
     """Batches ``(x, y)`` sliced from in-memory tensors; shards by rank when torch.distributed is initialized.
 
@@ -107,17 +123,7 @@ class InMemoryLoader:
         return math.ceil(batches / self.batches_per_item)
 
     def __iter__(self):
-        if self.batches_per_item == 1:
-            yield from self._batches()
-            return
-        group = []
-        for batch in self._batches():
-            group.append(batch)
-            if len(group) == self.batches_per_item:
-                yield group
-                group = []
-        if group:
-            yield group
+        return in_groups(self._batches(), self.batches_per_item)
 
     def _batches(self):
         rank, world_size = _rank_and_world()

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 
-from ..datamodule import _rank_and_world, shard_indices
+from ..datamodule import _rank_and_world, in_groups, shard_indices
 from .image_folder import UnreadableImage
 
 
@@ -72,16 +72,10 @@ class StreamingLoader:
         return math.ceil(math.ceil(len(self.sampler) / self.batch_size) / self.batches_per_item)
 
     def __iter__(self):
-        group = []
+        return in_groups(self._checked_batches(), self.batches_per_item)
+
+    def _checked_batches(self):
         for batch in self.loader:
             if isinstance(batch, UnreadableImage):
                 raise batch.as_user_error()
-            if self.batches_per_item == 1:
-                yield batch
-                continue
-            group.append(batch)
-            if len(group) == self.batches_per_item:
-                yield group
-                group = []
-        if group:
-            yield group
+            yield batch
