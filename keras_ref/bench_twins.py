@@ -13,7 +13,7 @@ statistics away from 0/1 (``keras_ref.compare.randomize``), at CPU-sized inputs 
   only calls made back to back are compared).
 - Training at batch 32 on real CIFAR-10 training images (resized, bilinear): Keras ``fit`` (Adam, sparse
   categorical cross-entropy) against the twin trained by the project's ``CompiledTwinModule`` with the same
-  compile config under ``lightning_cnn.training.make_trainer``; images/s is 32 over the median step time, from
+  compile config under ``lightning_cnn.run.training.make_trainer``; images/s is 32 over the median step time, from
   timestamps taken at every batch end (fit/Trainer set-up excluded), rounds interleaved as above.
 
 Both frameworks share one process per thread count (TensorFlow fixes its thread pools when it starts), with
@@ -111,8 +111,8 @@ def training(name, keras_model, twin, steps: int, rounds: int, size: int, data_d
     import lightning as L
     import torch
 
-    from lightning_cnn.keras_compile import CompiledTwinModule, KerasCompile
-    from lightning_cnn.training import make_trainer
+    from lightning_cnn.recipes.keras_compile import CompiledTwinModule, KerasCompile
+    from lightning_cnn.run.training import make_trainer
 
     from .convert import to_twin_input
 

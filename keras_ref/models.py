@@ -10,9 +10,9 @@ keras = load_tensorflow()  # the guard, then TensorFlow: see _tf.py
 
 from keras import layers  # noqa: E402
 
-from lightning_cnn.layers import vgg16_layers_in_blocks  # noqa: E402
-from lightning_cnn.pretrained import KERAS_NOTOP_NAME as VGG16_NOTOP_FILE  # noqa: E402
-from lightning_cnn.pretrained import WeightsNotFoundError, find_vgg16_weights  # noqa: E402
+from lightning_cnn.nets.layers import vgg16_layers_in_blocks  # noqa: E402
+from lightning_cnn.nets.pretrained import KERAS_NOTOP_NAME as VGG16_NOTOP_FILE  # noqa: E402
+from lightning_cnn.nets.pretrained import WeightsNotFoundError, find_vgg16_weights  # noqa: E402
 from lightning_cnn.specs import ModelSpec, get_spec  # noqa: E402
 
 def _keras_layer(kind: str, options: dict):

@@ -19,7 +19,7 @@ BatchNormalization <-> Conv2d, Linear, BatchNorm1d/2d) are paired in order, by k
 kind converts the arrays (float32 numpy; a float64 model's weights stay float64):
 
 - Conv2D: kernel HWIO <-> weight OIHW; bias as is. Padding and stride are the module's business
-  (``lightning_cnn.layers.Conv2d`` reproduces TensorFlow's asymmetric 'same' padding for stride 2).
+  (``lightning_cnn.nets.layers.Conv2d`` reproduces TensorFlow's asymmetric 'same' padding for stride 2).
 - Dense: kernel (in, out) <-> weight (out, in). A Dense fed by a Flatten of an (H, W, C) tensor sees its inputs in
   H,W,C order in Keras and C,H,W order in PyTorch, so its input columns are also permuted (a BatchNormalization
   between the Flatten and the Dense has its per-feature vectors permuted the same way).
@@ -56,7 +56,7 @@ from torch import nn  # noqa: E402
 
 from lightning_cnn.atomic import write_text  # noqa: E402
 from lightning_cnn.errors import ConversionError, UserError, exit_on_user_error  # noqa: E402
-from lightning_cnn.layers import ACTIVATION_NAMES, SamePad, SamePool  # noqa: E402
+from lightning_cnn.nets.layers import ACTIVATION_NAMES, SamePad, SamePool  # noqa: E402
 
 __all__ = [
     "ParityError", "copy_weights", "load_keras_model", "walk_keras", "walk_torch",

@@ -5,7 +5,7 @@ Both sides run in inference mode (Keras ``model(x, training=False)`` in a Gradie
 dropout off and BatchNormalization on its moving statistics, so the two compute the same function and what is
 compared is the gradient and the optimizer arithmetic (as parity_tests/test_training.py does for the tutorials).
 The torch side is exactly what ``scripts/train.py --keras-model`` trains with
-(``lightning_cnn.keras_compile.KerasCompile``); the Keras side deserializes the same compile config with Keras
+(``lightning_cnn.recipes.keras_compile.KerasCompile``); the Keras side deserializes the same compile config with Keras
 (built-in optimizer and loss classes only, nothing custom).
 """
 
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_cnn.keras_compile import FinalActivationInput, KerasCompile  # noqa: E402
+from lightning_cnn.recipes.keras_compile import FinalActivationInput, KerasCompile  # noqa: E402
 
 from .convert import convert  # noqa: E402
 from .parity import ParityError  # noqa: E402

@@ -7,7 +7,7 @@ What documents 001 and 004 do by hand after training, as functions:
   images titled with the true label, the predicted label and its probability, by class name.
 - ``plot_confusion_matrices``: one panel per framework/run.
 - ``plot_learning_curves_both``: train/validation loss and accuracy per epoch of several runs on one figure
-  (``lightning_cnn.callbacks.plot_learning_curves``).
+  (``lightning_cnn.run.callbacks.plot_learning_curves``).
 - ``history_rows``: a Keras ``History.history`` dict -> the per-epoch rows the plots and CSVs use.
 - ``mean_std`` and the documented accuracy ``BANDS`` that the band tests and ``scripts/reproduce.py`` check.
 
@@ -120,7 +120,7 @@ def format_mean_std(values: Sequence[float], digits: int = 2, scale: float = 100
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-# Keras History names -> the row keys of lightning_cnn.callbacks (plots, CSVs).
+# Keras History names -> the row keys of lightning_cnn.run.callbacks (plots, CSVs).
 _ROW_KEYS = {"loss": "train_loss", "accuracy": "train_acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
 
 
@@ -297,7 +297,7 @@ def plot_misclassified_grid(images, y_true, probs, indices, class_names: Sequenc
 
 def plot_learning_curves_both(runs: dict[str, list[dict]], path, title: str = "") -> Path:
     """Loss and accuracy per epoch of every run in ``runs`` (e.g. ``{"keras": rows, "lightning": rows}``)."""
-    from .callbacks import plot_learning_curves  # imported here: callbacks imports Lightning
+    from .run.callbacks import plot_learning_curves  # imported here: callbacks imports Lightning
 
     plot_learning_curves({name: rows for name, rows in runs.items() if rows}, Path(path), title=title)
     return Path(path)

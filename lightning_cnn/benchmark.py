@@ -74,7 +74,7 @@ def timed_trainer(stamps: list[float], device, **settings):
     summary), one device, one epoch."""
     import lightning as L
 
-    from lightning_cnn.training import make_trainer
+    from lightning_cnn.run.training import make_trainer
 
     class Stamp(L.Callback):
         def on_train_batch_end(self, *args):
@@ -92,7 +92,7 @@ def bench_plain_torch(spec, x, y, x_test, batch_size, precision, steps, warmup, 
     import torch.nn.functional as F
 
     import lightning_cnn
-    from lightning_cnn.optim import make_optimizer
+    from lightning_cnn.recipes.optim import make_optimizer
     from lightning_cnn.speed import Speed
     from lightning_cnn.speed.cpu_tuning import retain_freed_memory
 
@@ -145,7 +145,7 @@ def bench_lightning(spec, x, y, x_test, batch_size, precision, steps, warmup, wi
     import torch
 
     from lightning_cnn.datamodule import InMemoryLoader
-    from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.recipes.module import KerasRecipeModule
     from lightning_cnn.speed import Speed
 
     L.seed_everything(0, verbose=False)

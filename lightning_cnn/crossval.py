@@ -82,12 +82,12 @@ def train_fold_lightning(model_id: str, train, val, test, *, epochs: int | None 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from .callbacks import EpochHistory
+    from .run.callbacks import EpochHistory
     from .datamodule import ArrayDataModule
-    from .module import KerasRecipeModule
+    from .recipes.module import KerasRecipeModule
     from .predict import predict_proba
     from .specs import get_spec
-    from .training import make_trainer
+    from .run.training import make_trainer
 
     spec = get_spec(model_id)
     L.seed_everything(seed, workers=True, verbose=False)

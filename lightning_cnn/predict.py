@@ -15,7 +15,7 @@ from torch import nn
 
 from .data import preprocess
 from .errors import CheckpointError
-from .models import build_model
+from .nets.models import build_model
 from .specs import ModelSpec, UnknownModelError, get_spec, list_models
 
 TWIN_CHECKPOINT_KEY = "keras_model"  # in a --keras-model twin's checkpoints: the Keras model it was trained from

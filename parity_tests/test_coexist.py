@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCH_STEP = """
 import torch
 from lightning_cnn import build_model, get_spec
-from lightning_cnn.optim import make_optimizer
+from lightning_cnn.recipes.optim import make_optimizer
 model = build_model("mnist_cnn_small", seed=0)
 optimizer = make_optimizer(model.parameters(), get_spec("mnist_cnn_small").recipe)
 loss = torch.nn.functional.cross_entropy(model(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))

@@ -17,7 +17,7 @@ from torch import nn
 
 from keras_ref.convert import convert
 from keras_ref.parity import copy_weights, walk_keras
-from lightning_cnn.models import count_params
+from lightning_cnn.nets.models import count_params
 
 from tests.spec_md import SPEC_PARAMS
 

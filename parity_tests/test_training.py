@@ -2,7 +2,7 @@
 
 From the same weights, 3 steps (so Adam's step counter / bias correction is exercised) on the same real batch,
 dropout off (Keras: model(x, training=False) inside a GradientTape + optimizer.apply_gradients; torch:
-model.eval() + lightning_cnn.optim.make_optimizer), with the recipe's loss (Keras: sparse / categorical
+model.eval() + lightning_cnn.recipes.optim.make_optimizer), with the recipe's loss (Keras: sparse / categorical
 cross-entropy on the softmax output; torch: cross_entropy on logits). Then the Keras weights are copied into
 the torch layout and compared with the torch weights.
 
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from keras_ref.parity import copy_weights
-from lightning_cnn.optim import make_optimizer
+from lightning_cnn.recipes.optim import make_optimizer
 from lightning_cnn.specs import optimizer_settings
 
 from .conftest import nchw, real_batch

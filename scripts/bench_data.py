@@ -28,7 +28,7 @@ from PIL import Image
 
 from lightning_cnn.data import load_dataset
 from lightning_cnn.datamodule import InMemoryLoader
-from lightning_cnn.models import build_model
+from lightning_cnn.nets.models import build_model
 from lightning_cnn.specs import get_spec
 from lightning_cnn.user_data.datamodule import UserDataModule
 from lightning_cnn.user_data.loaders import default_workers

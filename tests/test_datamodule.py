@@ -14,7 +14,7 @@ from lightning_cnn import datamodule as dm_module
 from lightning_cnn.data import DataError, load_dataset, preprocess
 from lightning_cnn.datamodule import ArrayDataModule, InMemoryLoader, shard_indices
 from lightning_cnn.specs import get_spec
-from lightning_cnn.training import make_trainer
+from lightning_cnn.run.training import make_trainer
 
 
 @pytest.fixture(scope="module")

@@ -310,11 +310,11 @@ def test_nan_loss_stops_training_naming_epoch_and_step(data_dir, reliability):
     MNIST: the first step's loss is not finite, and TerminateOnNaN stops the run there, as Keras's callback does."""
     import lightning as L
 
-    from lightning_cnn.callbacks import TerminateOnNaN
+    from lightning_cnn.run.callbacks import TerminateOnNaN
     from lightning_cnn.data import load_dataset, preprocess
     from lightning_cnn.datamodule import InMemoryLoader
     from lightning_cnn.errors import DivergedError
-    from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.recipes.module import KerasRecipeModule
 
     (x, y), _ = load_dataset("mnist", data_dir)
     x = torch.from_numpy(preprocess(x[:256], "scale_255")).permute(0, 3, 1, 2).contiguous()
@@ -377,7 +377,7 @@ def test_keras_command_lines_refuse_bad_input_in_one_line(tmp_path, reliability,
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory) -> Path:
     """A real best.ckpt of a one-epoch run."""
-    from lightning_cnn.training import RunConfig, fit_and_test
+    from lightning_cnn.run.training import RunConfig, fit_and_test
 
     out = tmp_path_factory.mktemp("trained")
     fit_and_test(RunConfig(model=MODEL, accelerator="cpu", data_dir=str(data_dir), out=str(out), epochs=1,
@@ -437,7 +437,7 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(capsys, trained, d
 
 _HOLD_LOCK = """
 import sys, time
-from lightning_cnn.run_lock import run_lock
+from lightning_cnn.run.lock import run_lock
 with run_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -457,7 +457,7 @@ def test_two_runs_with_the_same_out(capsys, data_dir, tmp_path, reliability):
     finally:
         holder.kill()  # kill -9: the kernel drops the lock with the process
         holder.wait()
-    from lightning_cnn.run_lock import run_lock
+    from lightning_cnn.run.lock import run_lock
 
     with run_lock(out):  # a lock left by a killed run never blocks the next one
         pass
@@ -524,7 +524,7 @@ def test_kill_during_a_checkpoint_save_leaves_no_half_written_file(data_dir, tmp
     assert ckpt_epoch(last) == 0 and final_weights(last)  # still the whole checkpoint of epoch 1
     assert partial_files(tmp_path / "tmpdir") == []
     leftovers = partial_files(out)
-    from lightning_cnn.run_lock import run_lock
+    from lightning_cnn.run.lock import run_lock
 
     with run_lock(out):  # what the next run in this folder does first
         assert partial_files(out) == []
@@ -564,7 +564,7 @@ def test_kill_9_mid_epoch_then_resume_gives_the_same_weights(data_dir, tmp_path,
 _INTERRUPTED_RUN = """
 import json, os, signal, sys, torch
 from lightning_cnn.errors import exit_on_user_error
-from lightning_cnn.training import RunConfig, fit_and_test
+from lightning_cnn.run.training import RunConfig, fit_and_test
 from lightning_cnn.speed.cpu_tuning import retaining_freed_memory
 import lightning  # what importing lightning sets is not the run's doing
 config = json.loads(sys.argv[1])
@@ -661,7 +661,7 @@ def twins(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def twin_checkpoint(twins, data_dir, tmp_path_factory) -> Path:
     """The last.ckpt of a short twin run (4 steps), through the command line's run core."""
-    from lightning_cnn.training import RunConfig, fit_and_test
+    from lightning_cnn.run.training import RunConfig, fit_and_test
 
     out = tmp_path_factory.mktemp("twin_run")
     fit_and_test(RunConfig(keras_model=str(twins / "twin10"), dataset="mnist", accelerator="cpu",
@@ -874,7 +874,7 @@ def test_tensorboard_logger_without_tensorboard_is_one_line(capsys, data_dir, tm
 
 _LOGGED_RUN = """
 import json, sys
-from lightning_cnn.training import RunConfig, fit_and_test
+from lightning_cnn.run.training import RunConfig, fit_and_test
 fit_and_test(RunConfig(**json.loads(sys.argv[1])))
 print("TENSORFLOW_LOADED", "tensorflow" in sys.modules)
 """
@@ -909,7 +909,7 @@ def test_logger_writes_beside_metrics_csv(data_dir, tmp_path, reliability, logge
         assert result.returncode == 0, result.stderr[-3000:]
         assert "TENSORFLOW_LOADED False" in result.stdout
     else:
-        from lightning_cnn.training import RunConfig, fit_and_test
+        from lightning_cnn.run.training import RunConfig, fit_and_test
 
         fit_and_test(RunConfig(**config))
     assert (out / "metrics.csv").is_file() and (out / "learning_curves.png").is_file()

@@ -42,7 +42,7 @@ def state_around(statement: str) -> tuple[dict, dict]:
     "import lightning_cnn",
     "import keras_ref",
     # The torch-only public API: models, layers and the speed seam load no Lightning and no TensorFlow.
-    "from lightning_cnn import Speed, build_model, count_params, get_spec\nimport lightning_cnn.layers",
+    "from lightning_cnn import Speed, build_model, count_params, get_spec\nimport lightning_cnn.nets.layers",
 ])
 def test_importing_changes_no_process_state(statement):
     before, after = state_around(statement)

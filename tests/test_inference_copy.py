@@ -101,7 +101,7 @@ def test_plain_module_and_switch(twin):
 
 def test_documented_model_prediction_copy_matches():
     """lightning-cnn-predict's default: the documented CNN's layers.Conv2d(activation="relu") become fused calls."""
-    from lightning_cnn.models import build_model
+    from lightning_cnn.nets.models import build_model
 
     torch.manual_seed(0)
     model = build_model("mnist_cnn_small").eval()

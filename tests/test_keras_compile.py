@@ -1,4 +1,4 @@
-"""Training a twin with a Keras compile config (lightning_cnn.keras_compile, optim.make_keras_optimizer), TF-free.
+"""Training a twin with a Keras compile config (lightning_cnn.recipes.keras_compile, optim.make_keras_optimizer), TF-free.
 
 Keras-side agreement of every optimizer x loss is in parity_tests/test_train_converted.py; here: the config is read
 or refused clearly, a final softmax is never applied twice, and the optimizer pieces Keras defines by formula.
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_cnn.errors import UserError
-from lightning_cnn.keras_compile import CompiledTwinModule, FinalActivationInput, KerasCompile
-from lightning_cnn.optim import KerasAdam, make_keras_optimizer
+from lightning_cnn.recipes.keras_compile import CompiledTwinModule, FinalActivationInput, KerasCompile
+from lightning_cnn.recipes.optim import KerasAdam, make_keras_optimizer
 
 
 def _optimizer(class_name, **config):

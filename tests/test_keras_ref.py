@@ -24,7 +24,7 @@ import keras_ref  # noqa: E402
 keras = keras_ref.load_tensorflow()  # the coexistence guard, then TensorFlow
 from keras_ref import training  # noqa: E402
 from keras_ref.models import VGG16_NOTOP_FILE  # noqa: E402
-from lightning_cnn.pretrained import find_vgg16_weights  # noqa: E402
+from lightning_cnn.nets.pretrained import find_vgg16_weights  # noqa: E402
 from lightning_cnn.data import DataError  # noqa: E402
 
 pytestmark = pytest.mark.keras

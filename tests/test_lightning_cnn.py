@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import lightning_cnn
-from lightning_cnn.models import count_params
-from lightning_cnn.optim import KerasAdam, KerasRMSprop, make_optimizer
+from lightning_cnn.nets.models import count_params
+from lightning_cnn.recipes.optim import KerasAdam, KerasRMSprop, make_optimizer
 from lightning_cnn.specs import get_spec
-from lightning_cnn.training import ConfigError, RunConfig, fit_and_test, make_trainer
+from lightning_cnn.run.training import ConfigError, RunConfig, fit_and_test, make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_pooling_before_relu_changes_no_output_and_no_gradient(model_id, moved, 
 
 def test_attribute_fast_path_still_registers_parameters_and_modules():
     """The fast path stores plain values only; anything nn.Module must register still goes through it."""
-    from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.recipes.module import KerasRecipeModule
 
     module = KerasRecipeModule("mnist_cnn_small", seed=0)
     module.extra = None
@@ -200,7 +200,7 @@ def test_logged_epoch_metrics_equal_a_direct_computation(data_dir):
 
     from lightning_cnn.data import load_dataset, preprocess
     from lightning_cnn.datamodule import InMemoryLoader
-    from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.recipes.module import KerasRecipeModule
 
     _, (x, y) = load_dataset("mnist", data_dir)
     x = torch.from_numpy(preprocess(x[:103], "scale_255")).permute(0, 3, 1, 2).contiguous()
@@ -253,7 +253,7 @@ def test_compiled_network_computes_what_the_eager_one_does(data_dir):
     import torch.nn.functional as F
 
     from lightning_cnn.data import load_dataset, preprocess
-    from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.recipes.module import KerasRecipeModule
 
     (x, y), _ = load_dataset("mnist", data_dir)
     x = torch.from_numpy(preprocess(x[:64], "scale_255")).permute(0, 3, 1, 2).contiguous()
@@ -330,7 +330,7 @@ def test_steps_per_execution_trains_exactly_as_one_step_per_batch(data_dir, tmp_
 
 def test_steps_per_execution_takes_a_plain_dataloader_batch_as_one_batch(data_dir):
     """torch's DataLoader collates (x, y) samples into a list [x, y]: that is one batch, not a group of two."""
-    from lightning_cnn.module import KerasRecipeModule
+    from lightning_cnn.recipes.module import KerasRecipeModule
 
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_cnn.datamodule import ArrayDataModule, InMemoryLoader
-from lightning_cnn.models import build_from_layers
-from lightning_cnn.module import KerasRecipeModule
+from lightning_cnn.nets.models import build_from_layers
+from lightning_cnn.recipes.module import KerasRecipeModule
 from lightning_cnn.speed import Speed
 from lightning_cnn.speed.onednn import onednn_forward
 from lightning_cnn.specs import SPECS, conv, dense, flatten, get_spec, maxpool

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lightning_cnn
-from lightning_cnn.module import KerasRecipeModule
+from lightning_cnn.recipes.module import KerasRecipeModule
 from lightning_cnn.speed import Speed
 from lightning_cnn.speed.attributes import PlainAttributeFastPath
 from lightning_cnn.speed.pooling import PoolThenActivation

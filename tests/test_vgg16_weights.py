@@ -11,7 +11,7 @@ import lightning_cnn
 from keras_ref.models import VGG16_NOTOP_FILE
 from keras_ref.parity import copy_weights
 from lightning_cnn.data import load_dataset, preprocess
-from lightning_cnn.pretrained import WeightsNotFoundError, find_vgg16_weights, load_vgg16_features
+from lightning_cnn.nets.pretrained import WeightsNotFoundError, find_vgg16_weights, load_vgg16_features
 from tests.test_keras_ref import write_legacy_vgg16_h5
 
 keras = keras_ref.load_tensorflow()  # already loaded by keras_ref.models, after the coexistence guard

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ..errors import exit_on_user_error
-from ..pretrained import converted_weights_path, find_vgg16_weights
+from ..nets.pretrained import converted_weights_path, find_vgg16_weights
 
 
 def _main(argv) -> int:

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..atomic import write_text
 from ..errors import UsageError, exit_on_user_error
 from ..specs import DEFAULT_MODEL, list_models
-from ..training import RunConfig, fit_and_test
+from ..run.training import RunConfig, fit_and_test
 from . import show_library_messages
 
 

@@ -5,7 +5,7 @@ graph.json (format ``lightning-cnn-graph``, version 2) is plain data: ``{"format
 "class_name", "layout", "inputs": [{"name", "shape", "dtype"}], "modules": [{"name", "module": {"cls", "args",
 "kwargs", "frozen"}, "keras_class", "keras_path"}], "nodes": [{"name", "keras_class", "keras_path", "inputs":
 [value names], "steps": [...]}], "outputs": [value names]}``. A module is a stock ``torch.nn`` module (or a
-helper of ``lightning_cnn.layers``) named after its Keras layer; a node is one Keras call, a chain of steps (see
+helper of ``lightning_cnn.nets.layers``) named after its Keras layer; a node is one Keras call, a chain of steps (see
 ``vocabulary``). Every name is looked up in ``vocabulary``'s allow-lists and every field is checked when read
 (``check_graph``), so a folder can only describe compositions of known modules and functions, of bounded size.
 """

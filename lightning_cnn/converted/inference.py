@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .. import layers
+from ..nets import layers
 from .vocabulary import HELPERS
 
 _CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
@@ -125,7 +125,7 @@ def _conv_spec(module: nn.Module) -> _ConvSpec | None:
 
 class _ConvLeafTracer(fx.Tracer):
     """torch.fx's tracer, keeping as one module call every nn.Conv2d subclass (``layers.Conv2d``) and the helper
-    modules a model.py copies from ``lightning_cnn.layers`` (``SamePad`` computes its pads from the input's size,
+    modules a model.py copies from ``lightning_cnn.nets.layers`` (``SamePad`` computes its pads from the input's size,
     which a trace cannot follow)."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:

@@ -2,7 +2,7 @@
 
 Written from the same checked graph.json the twin is built from: ``__init__`` constructs each stock module under
 its Keras layer's name, ``forward`` has one statement per Keras call (its chain of steps nested as one expression),
-helper classes of ``lightning_cnn.layers`` are copied in from their source only when used, and ``load(folder)``
+helper classes of ``lightning_cnn.nets.layers`` are copied in from their source only when used, and ``load(folder)``
 reads ``weights.safetensors`` with ``strict=True``. Every name written comes from ``vocabulary``'s allow-lists or
 is a checked identifier; literal values are written with ``repr`` of JSON numbers/strings, so the file is code the
 converter chose, never text copied from a Keras file.
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import inspect
 
-from .. import layers
+from ..nets import layers
 from .graph import LAYOUT_RULE, check_graph
 from .vocabulary import HELPERS, INFIX, is_ref
 
-# Functions of lightning_cnn.layers a helper class calls (copied in before it).
+# Functions of lightning_cnn.nets.layers a helper class calls (copied in before it).
 _HELPER_FUNCTIONS = {"SamePad": (layers.tf_same_pads,), "SamePool": (layers.tf_same_pads,)}
 
 

@@ -1,6 +1,6 @@
 """What a converted model may be made of: the allow-lists graph.json (format version 2) and model.py draw from.
 
-A converted model is stock ``torch.nn`` modules (plus the few helpers of ``lightning_cnn.layers``) named after the
+A converted model is stock ``torch.nn`` modules (plus the few helpers of ``lightning_cnn.nets.layers``) named after the
 Keras layers, and per Keras call a short chain of *steps*, each one of:
 
 - ``{"module": attribute, "args": [...]}``: call that submodule;
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import layers
+from ..nets import layers
 
 X = {"$": "x"}
 INPUTS = {"$": "inputs"}

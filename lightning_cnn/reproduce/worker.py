@@ -24,7 +24,7 @@ def _train_lightning(job: dict, out_json: Path, threads: int) -> dict:
     from ..data import load_dataset
     from ..predict import load_checkpoint_model, predict_proba
     from ..specs import get_spec
-    from ..training import RunConfig, fit_and_test
+    from ..run.training import RunConfig, fit_and_test
 
     torch.set_num_threads(threads)
     spec = get_spec(job["model"])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .. import layers
+from ..nets import layers
 
 
 class OneDNNForward:

@@ -1,6 +1,6 @@
 """RandomFlip, RandomRotation, RandomTranslation, RandomZoom, RandomContrast, RandomBrightness: identity in eval
 mode (as Keras at inference), and in training mode a random transform of the same kind and range (the helpers of
-``lightning_cnn.layers``; torch draws its own random numbers, so the images differ from Keras's draws)."""
+``lightning_cnn.nets.layers``; torch draws its own random numbers, so the images differ from Keras's draws)."""
 
 from __future__ import annotations
 

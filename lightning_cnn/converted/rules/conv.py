@@ -3,7 +3,7 @@ nn.ConvTranspose2d, with TensorFlow's 'same' padding as constant pads when the s
 
 from __future__ import annotations
 
-from ...layers import tf_same_pads
+from ...nets.layers import tf_same_pads
 from . import (Emitter, LayerCall, Rule, X, swap_sequence_channels, channels_last, need_rank, pairs, register,
                symmetric_padding, with_bias)
 from .activations import activation_name, emit_activation

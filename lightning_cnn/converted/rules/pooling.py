@@ -3,7 +3,7 @@ symmetric padding differs); GlobalAveragePooling / GlobalMaxPooling 1D/2D/3D -> 
 
 from __future__ import annotations
 
-from ...layers import tf_same_pads
+from ...nets.layers import tf_same_pads
 from . import X, Rule, swap_sequence_channels, channels_last, need_rank, pairs, register, symmetric_padding
 
 

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def _on_cpu(accelerator: str) -> bool:

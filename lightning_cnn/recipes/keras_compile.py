@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import UserError
+from ..errors import UserError
 from .module import KerasStyleModule
 from .optim import make_keras_optimizer, read_keras_optimizer
-from .predict import TWIN_CHECKPOINT_KEY
+from ..predict import TWIN_CHECKPOINT_KEY
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(): Keras clips probabilities to [eps, 1 - eps] before the log
 
@@ -259,7 +259,7 @@ class CompiledTwinModule(KerasStyleModule):
 
     def __init__(self, network: nn.Module, compile_config: KerasCompile, *, source: str = "",
                  compiled: bool = False, steps_per_execution: int = 1, speed=None):
-        from .speed import Speed
+        from ..speed import Speed
 
         super().__init__(steps_per_execution)
         speed = speed or Speed()

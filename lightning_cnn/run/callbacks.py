@@ -10,8 +10,8 @@ from pathlib import Path
 
 import lightning as L
 
-from .atomic import atomic_path, write_text
-from .errors import DivergedError
+from ..atomic import atomic_path, write_text
+from ..errors import DivergedError
 
 # Our metric names -> the names Keras prints in its fit() log and History.
 KERAS_NAMES = {"train_loss": "loss", "train_acc": "accuracy", "val_loss": "val_loss", "val_acc": "val_accuracy"}

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import keras_home
-from .errors import UserError
+from ..data import keras_home
+from ..errors import UserError
 
 CONVERTED_NAME = "vgg16_notop_imagenet_keras.safetensors"
 TORCHVISION_NAME = "vgg16-397923af.pth"

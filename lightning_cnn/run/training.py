@@ -29,17 +29,17 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from . import run_checks
+from . import checks as run_checks
 from .callbacks import EpochHistory, TerminateOnNaN
 from .checkpoint_io import AtomicCheckpointIO
-from .errors import Interrupted, Terminated, UsageError
-from .pretrained import find_vgg16_weights, load_vgg16_features
+from ..errors import Interrupted, Terminated, UsageError
+from ..nets.pretrained import find_vgg16_weights, load_vgg16_features
 from .process_state import preserved_process_state
-from .run_lock import run_lock
-from .run_plan import RunModel, check_data_fits, check_resume_checkpoint, data_module_for, documented_spec, run_model
-from .speed import Speed
-from .specs import DEFAULT_MODEL
-from .summary import summary
+from .lock import run_lock
+from .plan import RunModel, check_data_fits, check_resume_checkpoint, data_module_for, documented_spec, run_model
+from ..speed import Speed
+from ..specs import DEFAULT_MODEL
+from ..nets.summary import summary
 
 log = logging.getLogger("lightning_cnn")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .layers import VGG16_BLOCKS, Conv2d, Linear, make_activation, output_size, vgg16_features
-from .specs import ModelSpec, get_spec
+from ..specs import ModelSpec, get_spec
 
 def vgg16_frozen_prefix(blocks: int) -> int:
     """Number of `features` children in the first ``blocks`` blocks (conv+relu pairs plus the pool)."""

@@ -18,12 +18,12 @@ import lightning as L
 import torch
 from torch import nn
 
-from .datamodule import DATASET_SHAPES, ArrayDataModule
-from .errors import CheckpointError, UsageError, UserError
-from .predict import TWIN_CHECKPOINT_KEY, load_checkpoint_model, non_finite_tensors
-from .specs import ModelSpec, get_spec, with_train_images
-from .user_data import UserDataError
-from .user_data.model_inputs import ModelInputs
+from ..datamodule import DATASET_SHAPES, ArrayDataModule
+from ..errors import CheckpointError, UsageError, UserError
+from ..predict import TWIN_CHECKPOINT_KEY, load_checkpoint_model, non_finite_tensors
+from ..specs import ModelSpec, get_spec, with_train_images
+from ..user_data import UserDataError
+from ..user_data.model_inputs import ModelInputs
 
 TWIN_EPOCHS, TWIN_BATCH_SIZE = 1, 32  # a --keras-model run's defaults: one epoch, Keras's fit() batch size
 
@@ -53,7 +53,7 @@ def run_model(config) -> RunModel:
     """The model of ``config`` (a ``training.RunConfig``), built and checked, ready to train."""
     if config.keras_model:
         return _twin_model(config)
-    from .module import KerasRecipeModule
+    from ..recipes.module import KerasRecipeModule
 
     spec = documented_spec(config)
     module = KerasRecipeModule(spec.id, init=config.init or "keras", seed=config.seed, compiled=config.compile,
@@ -81,7 +81,7 @@ def data_module_for(config, model: RunModel) -> L.LightningDataModule:
     ``num_classes`` and ``test_is_partial``.
     """
     if config.data:
-        from .user_data.datamodule import UserDataModule
+        from ..user_data.datamodule import UserDataModule
 
         for flag, given in (("--dataset", config.dataset), ("--data-dir", config.data_dir),
                             ("--train-images", config.train_images),
@@ -138,7 +138,7 @@ def check_data_fits(model: RunModel, data, where: str) -> None:
 
 
 def _twin_model(config) -> RunModel:
-    from .keras_compile import CompiledTwinModule
+    from ..recipes.keras_compile import CompiledTwinModule
 
     twin, compile_config = load_twin(config.keras_model)
     try:
@@ -170,11 +170,11 @@ def _check_image_model(model: RunModel, config) -> None:
 def load_twin(path: str | Path) -> tuple[nn.Module, object]:
     """(twin, its ``KerasCompile``) from a converted folder or a ``.keras`` file; weights checked finite, the
     compile config checked field by field."""
-    from .keras_compile import KerasCompile
+    from ..recipes.keras_compile import KerasCompile
 
     path = Path(path)
     if path.is_dir():
-        from .converted import load_converted
+        from ..converted import load_converted
 
         twin = load_converted(path)
         compile_file = path / "compile.json"

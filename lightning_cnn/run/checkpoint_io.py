@@ -15,8 +15,8 @@ import os
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .atomic import atomic_path
-from .errors import OutputError, describe_write_error
+from ..atomic import atomic_path
+from ..errors import OutputError, describe_write_error
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,9 +23,9 @@ import math
 
 import torch
 
-from .coexist import make_safe_for_tensorflow
-from .errors import UserError
-from .specs import Recipe, optimizer_settings
+from ..coexist import make_safe_for_tensorflow
+from ..errors import UserError
+from ..specs import Recipe, optimizer_settings
 
 
 class UnsupportedOptimizerError(ValueError, UserError):

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .errors import OutputError, describe_write_error
+from ..errors import OutputError, describe_write_error
 
 LOCK_NAME = ".lock"
 

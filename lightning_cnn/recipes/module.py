@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from .models import build_model
+from ..nets.models import build_model
 from .optim import make_optimizer
-from .specs import get_spec
-from .speed import Speed
+from ..specs import get_spec
+from ..speed import Speed
 
 
 class _Ratio(Metric):
