@@ -9,12 +9,10 @@ it, so a header declaring petabytes or an object array costs nothing.
 from __future__ import annotations
 
 import math
-import zipfile
-import zlib
 
 import numpy as np
 
-from lightning_cnn.data import read_npy_header
+from lightning_cnn.data import read_user_npz
 from lightning_cnn.errors import UsageError
 
 # Keras, the twin in float32 and the twin in float64 each run every sample in one batch: 1,024 samples already hold
@@ -56,35 +54,14 @@ def check_train_steps(value: int) -> None:
 def read_inputs(path: str) -> dict[str, np.ndarray]:
     """Every array of the .npz at ``path``: numeric, within MAX_INPUT_BYTES, headers checked before reading."""
     where = f"--inputs {path}"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            headers = {m.removesuffix(".npy"): (*read_npy_header(archive, m), archive.getinfo(m).file_size)
-                       for m in archive.namelist() if m.endswith(".npy")}
-    except FileNotFoundError:
-        raise UsageError(f"{where}: no such file; give an .npz written with numpy.savez") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as error:
-        raise UsageError(f"{where}: not a readable .npz archive ({error}); write it with numpy.savez") from None
-    if not headers:
+    arrays = read_user_npz(path, where, UsageError, MAX_INPUT_BYTES)
+    if not arrays:
         raise UsageError(f"{where}: holds no arrays; write the samples with numpy.savez")
-    total = 0
-    for key, (shape, dtype, stored) in headers.items():
-        if dtype.kind not in NUMERIC_KINDS:
-            what = "Python objects, which only pickle loads" if dtype.hasobject else "not numbers"
-            raise UsageError(f"{where}: array {key!r} is {dtype} ({what}); save numeric arrays (float32 values, or "
-                             "integer ids)")
-        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if declared > stored:
-            raise UsageError(f"{where}: array {key!r} declares shape {shape} ({declared:,} bytes) but stores "
-                             f"{stored:,} bytes: the file is damaged; write it again")
-        total += declared
-    if total > MAX_INPUT_BYTES:
-        raise UsageError(f"{where}: its arrays hold {total:,} bytes, more than the bound {MAX_INPUT_BYTES:,}; save "
-                         f"a subset (at most {MAX_SAMPLES} samples are compared)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as error:
-        raise UsageError(f"{where}: damaged ({error}); write it again with numpy.savez") from None
+    for key, x in arrays.items():
+        if x.dtype.kind not in NUMERIC_KINDS:
+            raise UsageError(f"{where}: array {key!r} is {x.dtype} (not numbers); save numeric arrays (float32 "
+                             "values, or integer ids)")
+    return arrays
 
 
 def model_samples(path: str, arrays: dict, specs: list[dict], take: int | None = None) -> list[np.ndarray]:

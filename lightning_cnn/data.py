@@ -341,6 +341,37 @@ def read_npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple, np.dt
     return shape, dtype
 
 
+def read_user_npz(path, where: str, error: type[Exception], max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Every array of a user's .npz, never through pickle: each member's header is read first, and object arrays,
+    headers declaring more bytes than the member stores (damaged or hostile) and, with ``max_bytes``, archives
+    declaring more than that are refused before numpy allocates anything. Errors are ``error("<where>...")``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            headers = {m.removesuffix(".npy"): (*read_npy_header(archive, m), archive.getinfo(m).file_size)
+                       for m in archive.namelist() if m.endswith(".npy")}
+    except FileNotFoundError:
+        raise error(f"{where}: no such file; give an .npz written with numpy.savez") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
+        raise error(f"{where} is not a readable .npz archive ({e}); write it with numpy.savez") from None
+    total = 0
+    for key, (shape, dtype, stored) in headers.items():
+        if dtype.hasobject:
+            raise error(f"{where}: array {key!r} holds Python objects ({dtype}), which only pickle can load and a "
+                        "file must not run code: save plain numeric arrays")
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if declared > stored:
+            raise error(f"{where}: array {key!r} declares shape {shape} ({declared:,} bytes) but stores "
+                        f"{stored:,} bytes: the file is damaged; write it again")
+        total += declared
+    if max_bytes is not None and total > max_bytes:
+        raise error(f"{where}: its arrays hold {total:,} bytes, more than the bound {max_bytes:,}; save a subset")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
+        raise error(f"{where} is damaged ({e}); write it again with numpy.savez") from None
+
+
 def _check_npy_header(archive: np.lib.npyio.NpzFile, key: str, path: Path, name: str) -> None:
     """Refuse an array whose header declares more bytes than the data set's largest array, before numpy allocates
     it (a damaged or hostile header can declare petabytes)."""

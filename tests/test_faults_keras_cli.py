@@ -112,7 +112,7 @@ X = _images(4)
 INPUT_FAULTS = {  # what --inputs holds -> (how the file is written, what the one line must name)
     "an array of rank 3 (N, H, W) for (N, 6, 6, 1)": (_npz(x=X[..., 0]), ["(4, 6, 6)", "(N, 6, 6, 1)"]),
     "an array of (N, 6, 5, 1) for (N, 6, 6, 1)": (_npz(x=X[:, :, :5]), ["(4, 6, 5, 1)", "(N, 6, 6, 1)"]),
-    "an object (pickled) array": (_npz(x=np.array([{"a": 1}] * 4, dtype=object)), ["object", "only pickle loads"]),
+    "an object (pickled) array": (_npz(x=np.array([{"a": 1}] * 4, dtype=object)), ["Python objects", "only pickle can load"]),
     "an array of strings": (_npz(x=np.full((4, 6, 6, 1), "a")), ["<U1", "not numbers"]),
     "zero samples": (_npz(x=X[:0]), ["holds no samples"]),
     "1,025 samples (bound 1,024)": (_npz(x=_images(1025)), ["1,025 samples", "bound 1024", "save the first 1024"]),

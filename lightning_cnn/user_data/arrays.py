@@ -10,15 +10,13 @@ says. ``y`` holds integer class indices, (N,) or (N, 1), or one-hot rows (N, cla
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data import read_npy_header
+from ..data import read_user_npz
 from . import UserDataError
 from .model_inputs import InputSpec, ModelInputs
 
@@ -34,30 +32,6 @@ class ArraySplit:
 
     def __len__(self) -> int:
         return len(self.y)
-
-
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the archive; object (pickled) arrays and headers declaring more data than stored refused."""
-    where = f"--data {path}"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            headers = {m.removesuffix(".npy"): (*read_npy_header(archive, m), archive.getinfo(m).file_size)
-                       for m in archive.namelist() if m.endswith(".npy")}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as error:
-        raise UserDataError(f"{where} is not a readable .npz archive ({error}); write it with numpy.savez") from None
-    for key, (shape, dtype, stored) in headers.items():
-        if dtype.hasobject:
-            raise UserDataError(f"{where}: array {key!r} holds Python objects ({dtype}), which only pickle can "
-                                "load and a data file must not run code: save plain numeric arrays")
-        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if declared > stored:
-            raise UserDataError(f"{where}: array {key!r} declares shape {shape} ({declared:,} bytes) but stores "
-                                f"{stored:,} bytes: the file is damaged; write it again")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as error:
-        raise UserDataError(f"{where} is damaged ({error}); write it again with numpy.savez") from None
 
 
 def _input_array(arrays: dict, split: str, spec: InputSpec, single: bool, where: str) -> np.ndarray | None:
@@ -134,7 +108,7 @@ def load_npz(path: str | Path, model: ModelInputs, rescale: str, validation_spli
     """
     path = Path(path)
     where = f"--data {path}"
-    arrays = _read_arrays(path)
+    arrays = read_user_npz(path, where, UserDataError)
     single = len(model.inputs) == 1
     if "y_train" not in arrays:
         raise UserDataError(f"{where} has no y_train (it has {', '.join(sorted(arrays)) or 'no arrays'}); an .npz "
