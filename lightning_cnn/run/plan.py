@@ -168,8 +168,8 @@ def _check_image_model(model: RunModel, config) -> None:
 
 
 def load_twin(path: str | Path) -> tuple[nn.Module, object]:
-    """(twin, its ``KerasCompile``) from a converted folder or a ``.keras`` file; weights checked finite, the
-    compile config checked field by field."""
+    """(twin, its ``KerasCompile``) from a converted folder or a ``.keras`` file; weights checked finite (a folder's
+    by ``load_converted`` itself), the compile config checked field by field."""
     from ..recipes.keras_compile import KerasCompile
 
     path = Path(path)
@@ -179,7 +179,6 @@ def load_twin(path: str | Path) -> tuple[nn.Module, object]:
         twin = load_converted(path)
         compile_file = path / "compile.json"
         compile_config = KerasCompile.from_file(compile_file) if compile_file.is_file() else KerasCompile()
-        check_finite_weights(twin, path / "weights.safetensors")
         return twin, compile_config
     if path.suffix != ".keras" or not path.is_file():
         raise KerasModelError(f"--keras-model {path}: expected a .keras file or a folder written by "
