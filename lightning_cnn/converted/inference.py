@@ -229,6 +229,10 @@ class ScaleShift(nn.Module):
         return y.relu_() if self.relu else y
 
 
+# Modules without weights whose output depends only on their input and settings (``_Rewriter.share_repeated``).
+_STATELESS = (nn.ZeroPad2d, nn.ReLU, nn.AvgPool2d, nn.MaxPool2d)
+
+
 class _Rewriter:
     """Rewrites an eval-mode copy of a twin in place: 2-D convolutions into ``OneDNNConv2d``, the BNs left into
     ``ScaleShift``. Each node is looked at once, in graph order."""
@@ -333,7 +337,28 @@ class _Rewriter:
             self._absorb(after, node)
         self._replace(node, ScaleShift(scale, shift, relu), (node.args[0],))
 
+    def share_repeated(self) -> None:
+        """One call where the twin repeats the same activation, zero padding or pooling of the same tensor:
+        NASNetMobile's separable-conv branches each start with their own ReLU of the cell's input (64 of its 112
+        ReLUs are repeats), and it average-pools the same input twice in each cell."""
+        seen: dict = {}
+        for node in list(self.graph.nodes):
+            module = self._module(node)
+            if node.op == "call_function" and (node.target in POST_OPS or node.target is F.pad):
+                key = (node.target, node.args, tuple(sorted(node.kwargs.items())))
+            elif type(module) in _STATELESS and not node.kwargs:
+                settings = sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and k != "training")
+                key = (type(module), tuple(settings), node.args)
+            else:
+                continue
+            if key in seen:
+                node.replace_all_uses_with(seen[key])
+                self.graph.erase_node(node)
+            else:
+                seen[key] = node
+
     def run(self) -> None:
+        self.share_repeated()
         for node in list(self.graph.nodes):
             if node in self.erased or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
                 continue
