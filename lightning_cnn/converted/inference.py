@@ -6,9 +6,11 @@ separate pass over the activations, and at one thread and batch < 16 sends 1x1 c
 3x3 ones) to its slow im2col kernel instead of oneDNN. ``prepare_for_inference`` does on a copy of the twin's fx
 graph what grappler does: each 2-D convolution becomes one ``OneDNNConv2d`` call of oneDNN's fused convolution
 (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits on CPU) with its weight reordered
-into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the activation and the
-residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken into the kernel's own
+into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the
+activation and the residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken into the kernel's own
 padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the first convolution on.
+A small 1x1 convolution runs as one matrix product instead (``Conv1x1AsMatmul``: oneDNN's per-call set-up costs
+more than such a product), and an activation, padding or pooling the twin repeats on the same tensor runs once.
 A BN that cannot be folded (after a concatenation, DenseNet's pre-activation BN) becomes one multiply-add, with
 the ReLU after it done in place.
 
@@ -191,9 +193,13 @@ _IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
 
 class Conv1x1AsMatmul(OneDNNConv2d):
     """A 1x1, stride-1, unpadded, ungrouped convolution on channels-last input, which is one matrix product
-    (N*H*W, C_in) x (C_in, C_out) + bias: one ``addmm`` then the post-ops in place. oneDNN's convolution call
-    spends ~60-100 us a call setting itself up (its primitive descriptor is made again each call), twice the
-    product itself on NASNetMobile's 72x176 by 176x176 pointwise convolutions (231 us against 111 us)."""
+    (N*H*W, C_in) x (C_in, C_out) + bias: for small products one ``addmm`` then the post-ops in place, for
+    larger ones (``MATMUL_BELOW`` multiply-adds and up) the oneDNN call. oneDNN's convolution call has a fixed
+    cost of ~60-100 us here (it makes its primitive descriptor again each call), as much as the product itself
+    on NASNetMobile's 72x176 by 176x176 pointwise convolutions (231 us against 111 us for ``addmm``, 1 thread);
+    from ~10^7 multiply-adds on the two took the same time (ResNet50's 4608x256 by 256x64: 617 us and 619 us)."""
+
+    MATMUL_BELOW = 2 ** 25
 
     @staticmethod
     def takes(spec: _ConvSpec) -> bool:
@@ -202,6 +208,8 @@ class Conv1x1AsMatmul(OneDNNConv2d):
 
     def forward(self, x, other=None):
         n, _, h, w = x.shape
+        if n * h * w * self.weight.shape[0] * self.weight.shape[1] >= self.MATMUL_BELOW:
+            return super().forward(x, other)
         rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)  # a view of channels-last input, a copy otherwise
         weight = self.weight.view(self.weight.shape[0], -1).t()
         y = torch.mm(rows, weight) if self.bias is None else torch.addmm(self.bias, rows, weight)
