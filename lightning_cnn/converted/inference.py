@@ -7,10 +7,11 @@ separate pass over the activations, and at one thread and batch < 16 sends 1x1 c
 graph what grappler does: each 2-D convolution becomes one ``OneDNNConv2d`` call of oneDNN's fused convolution
 (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits on CPU) with its weight reordered
 into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the
-activation and the residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken into the kernel's own
-padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the first convolution on.
-A small 1x1 convolution runs as one matrix product instead (``Conv1x1AsMatmul``: oneDNN's per-call set-up costs
-more than such a product), and an activation, padding or pooling the twin repeats on the same tensor runs once.
+activation and the residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken
+into the kernel's own padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the
+first convolution on. A small 1x1 convolution runs as one matrix product instead (``Conv1x1AsMatmul``: oneDNN's
+per-call set-up costs more than such a product), and an activation, padding or pooling the twin repeats on the same
+tensor runs once.
 A BN that cannot be folded (after a concatenation, DenseNet's pre-activation BN) becomes one multiply-add, with
 the ReLU after it done in place.
 
