@@ -3,8 +3,10 @@
     lightning-cnn-bench --acceptance                           # every model below, 1 and 2 threads
     python -m keras_ref.bench_twins --models ResNet50 --threads 1 --batches 8 --rounds 3 --no-train
 
-Models: ``keras.applications`` architectures, ``weights=None``, 10 classes, random weights with BatchNormalization
-statistics away from 0/1 (``keras_ref.compare.randomize``), at CPU-sized inputs (``SIZES``).
+Models: ``keras.applications`` architectures, ``weights=None``, 10 classes, random weights
+(``keras_ref.compare.randomize``) with each BatchNormalization's statistics calibrated on real images, then perturbed
+(``keras_ref.compare.calibrate_batchnorm``, as the parity tests do: arbitrary random statistics make a deep net
+chaotic, NASNetMobile's outputs ~1e-20), at CPU-sized inputs (``SIZES``).
 
 - Inference: Keras ``predict_on_batch`` (its compiled tf.function) against the twin (``convert()``) and the
   prepared copy (``lightning_cnn.converted.prepare_for_inference``), each torch call under
@@ -47,6 +49,7 @@ SIZES = {
     "VGG19": ("VGG19", {}, 96),
 }
 CLASSES = 10
+CALIBRATION_IMAGES = 16  # real images the BN statistics are taken from (as the parity tests)
 TRAIN_BATCH = 32
 
 
@@ -169,7 +172,7 @@ def worker(args) -> dict:
 
     from lightning_cnn.converted import prepare_for_inference
 
-    from .compare import model_py, randomize, real_images
+    from .compare import calibrate_batchnorm, model_py, randomize, real_images
     from .convert import convert, to_twin_input
 
     result = {"threads": args.threads, "torch": torch.__version__, "keras": keras.__version__,
@@ -179,9 +182,10 @@ def worker(args) -> dict:
         keras.utils.set_random_seed(0)
         model = getattr(keras.applications, builder)(weights=None, input_shape=(size, size, 3), classes=CLASSES,
                                                      **kwargs)
+        images = real_images(size, args.data_dir, max(*args.batches, CALIBRATION_IMAGES))
         randomize(model)
+        calibrate_batchnorm(model, images[:CALIBRATION_IMAGES])
         twin = convert(model)
-        images = real_images(size, args.data_dir, max(args.batches))
         source = model_py(model, twin)
         variants = {"twin": twin, "model.py": source, "prepared": prepare_for_inference(twin),
                     "model.py prepared": prepare_for_inference(source)}
@@ -189,7 +193,8 @@ def worker(args) -> dict:
             expected = model.predict_on_batch(images[:4])
             diffs = {label: float(np.abs(m.eval()(to_twin_input(images[:4])).numpy() - expected).max())
                      for label, m in variants.items()}
-        print(f"{name} ({size}x{size}, {args.threads} thread(s)): max |diff| vs Keras " +
+        print(f"{name} ({size}x{size}, {args.threads} thread(s)): largest |output| {np.abs(expected).max():.1e}, "
+              "max |diff| vs Keras " +
               ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
         for record in inference(name, model, twin, variants, args.batches if args.infer else [], args.rounds,
                                 images):

@@ -14,6 +14,7 @@ keras = keras_ref.load_tensorflow()
 
 import lightning_cnn  # noqa: E402
 from lightning_cnn.data import load_dataset, preprocess  # noqa: E402
+from keras_ref.compare import calibrate_batchnorm  # noqa: E402,F401  (shared with keras_ref.bench_twins)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -99,37 +100,6 @@ def torch_forward(model: torch.nn.Module, x: np.ndarray):
         for hook in hooks:
             hook.remove()
     return records, nhwc(out)
-
-
-def calibrate_batchnorm(model, x: np.ndarray, seed: int = 0, spread: float = 1.0) -> int:
-    """Every BatchNormalization's moving statistics from its real input on ``x``, then perturbed (mean shifted by
-    ~0.1 std, variance scaled by 0.8-1.25), gamma U(0.8, 1.2), beta N(0, 0.1): no BN is an identity and, unlike
-    arbitrary random statistics, activations stay in the range the network sees on real data.
-
-    The inputs are read with the model in training mode (each BN normalizes by its batch statistics), which is what
-    every BN sees once the ones before it are calibrated. ``spread`` scales the perturbation (deep networks with
-    squeeze-excite gates compound it: EfficientNet's logits reach 1e5 at 1.0, ~10 at 0.2). Returns the number of
-    BN layers set.
-    """
-    rng = np.random.default_rng(seed)
-    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    if not bns:
-        return 0
-    probe = keras.Model(model.inputs, [bn.input for bn in bns])
-    features = probe(x, training=True)
-    for bn, f in zip(bns, features if isinstance(features, (list, tuple)) else [features]):
-        f = np.asarray(f)
-        axis = bn.axis % f.ndim if isinstance(bn.axis, int) else bn.axis[0] % f.ndim
-        axes = tuple(a for a in range(f.ndim) if a != axis)
-        mean, var = f.mean(axes), f.var(axes)
-        bn.moving_mean.assign((mean + 0.1 * spread * np.sqrt(var) * rng.normal(size=mean.shape)).astype("float32"))
-        bn.moving_variance.assign((var * rng.uniform(1 - 0.2 * spread, 1 + 0.25 * spread, var.shape)).astype(
-            "float32"))
-        if bn.gamma is not None:
-            bn.gamma.assign(rng.uniform(0.8, 1.2, bn.gamma.shape).astype("float32"))
-        if bn.beta is not None:
-            bn.beta.assign(rng.normal(0, 0.1, bn.beta.shape).astype("float32"))
-    return len(bns)
 
 
 def keras_weights(model) -> list[np.ndarray]:

@@ -2,7 +2,8 @@
 
 TF-free: small stock-module networks with every pattern the rewrite fuses (conv -> BN -> activation, conv -> BN
 -> residual add -> ReLU, a lone BN -> ReLU after a concatenation, symmetric zero padding taken into the conv,
-depthwise conv -> relu6, silu) and a documented model. Tolerance: max |copy - network| <= 1e-5 x the largest
+depthwise conv -> relu6, silu; 1x1 convolutions as one matrix product; a repeated ReLU or pooling of one tensor
+run once) and a documented model. Tolerance: max |copy - network| <= 1e-5 x the largest
 |output| (float32: folding BN and fusing post-ops only changes rounding, ~1e-7 relative per layer; a wrong fold,
 padding or layout is O(1)). The acceptance models are checked against Keras in parity_tests.
 """
@@ -110,3 +111,50 @@ def test_documented_model_prediction_copy_matches():
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         assert_close(model(x), fast(x))
+
+
+class Branches(nn.Module):
+    """NASNet's shape of cell: branches that each repeat the ReLU (and pooling) of the same input, 1x1
+    convolutions with each kind of post-op, and 1x1 ones that are not a plain matrix product."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool_a, self.pool_b = nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.AvgPool2d(3, 1, 1)
+        self.pool_c = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.relu6 = nn.Conv2d(8, 8, 1)
+        self.relu6_bn = nn.BatchNorm2d(8)
+        self.silu = nn.Conv2d(8, 8, 1, bias=False)
+        self.plain = nn.Conv2d(8, 8, 1)
+        self.strided = nn.Conv2d(8, 8, 1, stride=2)
+        self.padded = nn.Conv2d(8, 8, 1, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a = F.relu6(self.relu6_bn(self.relu6(torch.relu(x))))
+        b = F.silu(self.silu(torch.relu(x)))
+        c = self.plain(self.pool_a(x)) + self.pool_c(x) + self.pool_b(x)
+        return torch.cat([a, b, c], 1), self.strided(torch.relu(a)), self.padded(b)
+
+
+def test_repeated_calls_shared_and_1x1_as_matmul():
+    """The repeated ReLU and the repeated pooling (same settings) run once, the pooling with other settings
+    stays; stride-1 unpadded 1x1 convolutions are one addmm with their post-op; the others stay oneDNN calls."""
+    from lightning_cnn.converted.inference import Conv1x1AsMatmul
+
+    model = _randomized(fx.symbolic_trace(Branches()))
+    fast = prepare_for_inference(model)
+    relus = [n for n in fast.graph.nodes if n.target is torch.relu]
+    assert len(relus) == 2  # relu(x) once for both branches, relu(a)
+    assert sum(isinstance(m, nn.AvgPool2d) for m in fast.modules()) == 2
+    matmuls = sorted((m.add, m.post_op[0]) for m in fast.modules() if isinstance(m, Conv1x1AsMatmul))
+    assert matmuls == [(False, "hardtanh"), (False, "swish"), (True, "none")]
+    assert sum(type(m) is OneDNNConv2d for m in fast.modules()) == 3  # stem, strided, padded
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+    for matmul_below in (Conv1x1AsMatmul.MATMUL_BELOW, 0):  # 0: the oneDNN call that larger products take
+        for m in fast.modules():
+            if isinstance(m, Conv1x1AsMatmul):
+                m.MATMUL_BELOW = matmul_below
+        with torch.inference_mode():
+            for expected, got in zip(model(x), fast(x)):
+                assert_close(expected, got)

@@ -6,9 +6,12 @@ separate pass over the activations, and at one thread and batch < 16 sends 1x1 c
 3x3 ones) to its slow im2col kernel instead of oneDNN. ``prepare_for_inference`` does on a copy of the twin's fx
 graph what grappler does: each 2-D convolution becomes one ``OneDNNConv2d`` call of oneDNN's fused convolution
 (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits on CPU) with its weight reordered
-into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the activation and the
-residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken into the kernel's own
-padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the first convolution on.
+into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the
+activation and the residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken
+into the kernel's own padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the
+first convolution on. A small 1x1 convolution runs as one matrix product instead (``Conv1x1AsMatmul``: oneDNN's
+per-call set-up costs more than such a product), and an activation, padding or pooling the twin repeats on the same
+tensor runs once.
 A BN that cannot be folded (after a concatenation, DenseNet's pre-activation BN) becomes one multiply-add, with
 the ReLU after it done in place.
 
@@ -182,6 +185,45 @@ class OneDNNConv2d(nn.Module):
                 f"groups={self.groups}, post_ops={(['add'] if self.add else []) + [self.post_op[0]]}")
 
 
+# oneDNN post-op -> the same activation applied in place to a matmul's output (``Conv1x1AsMatmul``).
+_IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
+             "hardtanh": lambda y, scalars: y.clamp_(*scalars), "swish": lambda y, scalars: F.silu(y, inplace=True),
+             "sigmoid": lambda y, scalars: y.sigmoid_(), "tanh": lambda y, scalars: y.tanh_(),
+             "hardswish": lambda y, scalars: F.hardswish(y, inplace=True), "gelu": lambda y, scalars: F.gelu(y)}
+
+
+class Conv1x1AsMatmul(OneDNNConv2d):
+    """A 1x1, stride-1, unpadded, ungrouped convolution on channels-last input, which is one matrix product
+    (N*H*W, C_in) x (C_in, C_out) + bias: for small products one ``addmm`` then the post-ops in place, for
+    larger ones (``MATMUL_BELOW`` multiply-adds and up) the oneDNN call. oneDNN's convolution call has a fixed
+    cost of ~60-100 us here (it makes its primitive descriptor again each call), as much as the product itself
+    on NASNetMobile's 72x176 by 176x176 pointwise convolutions (231 us against 111 us for ``addmm``, 1 thread);
+    from ~10^7 multiply-adds on the two took the same time (ResNet50's 4608x256 by 256x64: 617 us and 619 us)."""
+
+    MATMUL_BELOW = 2 ** 25
+
+    @staticmethod
+    def takes(spec: _ConvSpec) -> bool:
+        return spec.weight.shape[2:] == (1, 1) and spec.stride == [1, 1] and spec.padding == [0, 0] and \
+            spec.groups == 1
+
+    def forward(self, x, other=None):
+        n, _, h, w = x.shape
+        if n * h * w * self.weight.shape[0] * self.weight.shape[1] >= self.MATMUL_BELOW:
+            return super().forward(x, other)
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)  # a view of channels-last input, a copy otherwise
+        weight = self.weight.view(self.weight.shape[0], -1).t()
+        y = torch.mm(rows, weight) if self.bias is None else torch.addmm(self.bias, rows, weight)
+        if other is not None:
+            y.add_(other.permute(0, 2, 3, 1).reshape(y.shape))
+        y = _IN_PLACE[self.post_op[0]](y, self.post_op[1])
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _fused_conv(spec: _ConvSpec, add: bool = False) -> OneDNNConv2d:
+    return (Conv1x1AsMatmul if Conv1x1AsMatmul.takes(spec) else OneDNNConv2d)(spec, add)
+
+
 class ScaleShift(nn.Module):
     """An unfolded inference BN (x * scale + shift per channel), then optionally a ReLU in place."""
 
@@ -194,6 +236,10 @@ class ScaleShift(nn.Module):
     def forward(self, x):
         y = torch.addcmul(self.shift, x, self.scale)
         return y.relu_() if self.relu else y
+
+
+# Modules without weights whose output depends only on their input and settings (``_Rewriter.share_repeated``).
+_STATELESS = (nn.ZeroPad2d, nn.ReLU, nn.AvgPool2d, nn.MaxPool2d)
 
 
 class _Rewriter:
@@ -278,18 +324,18 @@ class _Rewriter:
         if post_op is not None:
             spec.post_op = post_op
             self._absorb(self._only_user(node), node)
-            self._replace(node, OneDNNConv2d(spec), (x,))
+            self._replace(node, _fused_conv(spec), (x,))
             return
         add = self._only_user(node)
         if spec.post_op != _NO_POST_OP or not self._is_add(add):
-            self._replace(node, OneDNNConv2d(spec), (x,))
+            self._replace(node, _fused_conv(spec), (x,))
             return
         other = add.args[1] if add.args[0] is node else add.args[0]
         after = self._post_op(self._only_user(add))
         if after is not None:
             spec.post_op = after
             self._absorb(self._only_user(add), add)
-        self._replace(add, OneDNNConv2d(spec, add=True), (x, other))
+        self._replace(add, _fused_conv(spec, add=True), (x, other))
         self._erase(node)
 
     def lone_bn(self, node, bn: nn.BatchNorm2d) -> None:
@@ -300,7 +346,28 @@ class _Rewriter:
             self._absorb(after, node)
         self._replace(node, ScaleShift(scale, shift, relu), (node.args[0],))
 
+    def share_repeated(self) -> None:
+        """One call where the twin repeats the same activation, zero padding or pooling of the same tensor:
+        NASNetMobile's separable-conv branches each start with their own ReLU of the cell's input (64 of its 112
+        ReLUs are repeats), and it average-pools the same input twice in each cell."""
+        seen: dict = {}
+        for node in list(self.graph.nodes):
+            module = self._module(node)
+            if node.op == "call_function" and (node.target in POST_OPS or node.target is F.pad):
+                key = (node.target, node.args, tuple(sorted(node.kwargs.items())))
+            elif type(module) in _STATELESS and not node.kwargs:
+                settings = sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and k != "training")
+                key = (type(module), tuple(settings), node.args)
+            else:
+                continue
+            if key in seen:
+                node.replace_all_uses_with(seen[key])
+                self.graph.erase_node(node)
+            else:
+                seen[key] = node
+
     def run(self) -> None:
+        self.share_repeated()
         for node in list(self.graph.nodes):
             if node in self.erased or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
                 continue
