@@ -1,7 +1,7 @@
 """This project's converter side by side with the tools a user would otherwise pick, on the same Keras models.
 
-For each model (``keras.applications``, ``weights=None``, every weight random and BatchNormalization's moving
-statistics away from 0/1, saved as a ``.keras`` file) and the same real CIFAR-10 test images resized:
+For each model (``keras.applications``, ``weights=None``, every weight random and each BatchNormalization's moving
+statistics set from its real input statistics, then perturbed (``calibrate_batchnorm``), saved as a ``.keras`` file) and the same real CIFAR-10 test images resized:
 
 - ``keras_ref.convert`` (this project): the twin from ``convert()``;
 - ``model.py``: the plain PyTorch source the converter writes (imported from its file), with the twin's weights;
@@ -284,6 +284,7 @@ def compare_model(name: str, size: int, data_dir=None, repeats: int = 3, timeout
     """Every tool on one model; see the module docstring. Never raises for a tool's failure."""
     model = build(name, size)
     x = real_images(size, data_dir)
+    calibrate_batchnorm(model, x[:16])
     reference = np.asarray(model(x, training=False))
     row = {"model": name, "input": f"{size}x{size}x3", "parameters": int(model.count_params()),
            "max_abs_output": float(np.abs(reference).max()), "keras_tensorflow": {}}
@@ -332,8 +333,9 @@ def render(rows: list[dict], meta: dict) -> str:
     lines = ["# Keras -> PyTorch converters side by side", "",
              f"Measured {meta['date']} on {meta['machine']} ({meta['threads']} torch threads); "
              f"{meta['versions']}. Command: `{meta['command']}`.", "",
-             "Each model: `keras.applications`, `weights=None`, random weights, BatchNormalization moving statistics "
-             "set away from 0/1; inputs: the first 32 real CIFAR-10 test images, resized (bilinear), in [0, 1]. "
+             "Each model: `keras.applications`, `weights=None`, random weights, each BatchNormalization's moving "
+             "statistics set from its real input statistics then perturbed (random statistics make deep nets "
+             "chaotic, which hides errors); inputs: the first 32 real CIFAR-10 test images, resized (bilinear), in [0, 1]. "
              "max |Δ|: largest absolute difference of the 1000 softmax outputs from Keras on TensorFlow (same "
              "file, same images). Trains: one SGD step on cross-entropy runs, the loss is finite and a weight "
              "changes. img/s: inference at batch 32 on this CPU; Keras on TensorFlow (`predict_on_batch`) and the "
