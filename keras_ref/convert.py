@@ -118,6 +118,10 @@ def _trace(model, taken: set) -> tuple[list, list, list, dict]:
                 path = f"{prefix}{op.name}"
                 ins = [env[id(t)] for t in node.input_tensors]
                 if isinstance(op, keras.Model):
+                    if _masks_passed(node):  # Keras would set them on the inner inputs: inner layers use them
+                        raise ParityError(f"layer {path!r} ({type(op).__name__}): a nested model receives a mask "
+                                          f"({', '.join(_masks_passed(node))}), which the converter does not pass "
+                                          "inside; build the model flat (its layers called in the outer model)")
                     outs = trace(op, ins, path + "/")
                 else:
                     value = layer_call(op, path, node, ins)
@@ -145,6 +149,11 @@ def _trace(model, taken: set) -> tuple[list, list, list, dict]:
                       "supported ones); add a rule in lightning_cnn/converted/rules/ or replace the layer")
         else:
             call.arguments = call_arguments(node)
+            masks = _masks_passed(node)
+            if masks and not (RULES[call.kind].takes_mask(call) and call.arguments):
+                call.fail(f"receives a mask ({', '.join(masks)}: from Masking or Embedding(mask_zero=True)) that "
+                          "the converter does not implement for this layer (only LSTM, GRU, SimpleRNN and "
+                          "Bidirectional take masks); remove the mask before it or convert without masking")
         if id(layer) in calls and not call.is_operation:
             first = calls[id(layer)]
             if first.in_shapes != in_shapes:
@@ -162,6 +171,13 @@ def _trace(model, taken: set) -> tuple[list, list, list, dict]:
     inputs = input_specs(model, taken)
     outputs = trace(model, [i["name"] for i in inputs], "")
     return inputs, sequence, outputs, results
+
+
+def _masks_passed(node) -> list:
+    """The call's keyword arguments that carry a mask tensor (``mask=``, attention's ``query_mask=``...): Keras
+    fills them from the inputs' masks for a layer whose call takes them."""
+    return [f"{key}=" for key, value in node.arguments.kwargs.items() if (key == "mask" or key.endswith("_mask"))
+            and any(isinstance(v, keras.KerasTensor) for v in keras.tree.flatten(value))]
 
 
 def input_specs(model, taken: set | None = None) -> list[dict]:
@@ -328,14 +344,16 @@ def copy_weights_to_keras(module: torch.nn.Module, keras_model) -> None:
 
 
 def _random_inputs(ext: Extraction, n: int, seed: int) -> list:
-    """Uniform [0, 1) floats per input; integer ids below the vocabulary size for inputs read by Embeddings."""
+    """Uniform [0, 1) floats per input; integer ids below the vocabulary size for inputs read by Embeddings (and
+    by the ``not_equal(ids, 0)`` that is an Embedding's mask_zero mask)."""
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in ext.graph["inputs"]:
         shape = (n, *[d if d is not None else 8 for d in spec["shape"][1:]])
         readers = [call for call, ins, _ in ext.sequence if spec["name"] in ins]
-        if readers and all(call.kind == "Embedding" for call in readers):
-            vocab = min(call.layer.input_dim for call in readers)
+        embeddings = [call for call in readers if call.kind == "Embedding"]
+        if embeddings and all(call.kind in ("Embedding", "keras.ops.not_equal") for call in readers):
+            vocab = min(call.layer.input_dim for call in embeddings)
             arrays.append(rng.integers(0, vocab, shape).astype("int32" if "int" in spec["dtype"] else "float32"))
         else:
             arrays.append(rng.random(shape, dtype=np.float32))

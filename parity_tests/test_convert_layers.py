@@ -268,12 +268,14 @@ APPLICATION_LAYERS = {"LayerScale": "ConvNeXtTiny", "CustomScaleLayer": "Incepti
 
 def test_every_registered_layer_kind_is_exercised():
     """The table of supported layers and operations and the test cases agree (a new rule needs a case): the
-    cases here and in the family files (ops, recurrent, attention, augmentation) call every registered kind."""
-    from . import test_convert_attention, test_convert_augmentation, test_convert_ops, test_convert_recurrent
+    cases here and in the family files (ops, recurrent, attention, masking, augmentation) call every registered
+    kind."""
+    from . import (test_convert_attention, test_convert_augmentation, test_convert_masking, test_convert_ops,
+                   test_convert_recurrent)
 
     models = [build() for build, _ in CASES.values()]
     models += [build()[0] for build in test_convert_ops.CASES.values()]
-    models += [build() for module in (test_convert_recurrent, test_convert_attention)
+    models += [build() for module in (test_convert_recurrent, test_convert_attention, test_convert_masking)
                for build, _ in module.CASES.values()]
     models += [test_convert_augmentation.augmented(name) for name in test_convert_augmentation.AUGMENTATIONS]
     seen = {node["keras_class"] for model in models for node in extract_graph(model).graph["nodes"]}
@@ -299,12 +301,12 @@ def test_shared_layer_is_one_module_called_twice():
 def test_unsupported_layer_names_layer_class_and_place(tmp_path):
     inputs = keras.Input((7, 5))
     x = layers.Dense(4, name="ok")(inputs)
-    x = layers.LSTM(3)(layers.Masking(name="masked")(x))  # (masks are not converted)
+    x = layers.LSTM(3)(layers.UnitNormalization(name="unit")(x))
     model = keras.Model(inputs, x, name="outer")
-    with pytest.raises(ParityError, match=r"'masked' \(Masking\): unsupported layer"):
+    with pytest.raises(ParityError, match=r"'unit' \(UnitNormalization\): unsupported layer"):
         convert(model)
     out = tmp_path / "twin"
-    with pytest.raises(ParityError, match="masked"):
+    with pytest.raises(ParityError, match="unit"):
         save_converted(model, out)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 

@@ -258,11 +258,11 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert exit_on_user_error(main, [str(tmp_path / "missing.keras"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.keras" in err and err.count("\n") == 1
-    model = keras.Model(i := keras.Input((7, 5)), layers.GRU(2)(layers.Masking(name="mask")(i)))
+    model = keras.Model(i := keras.Input((7, 5)), layers.GRU(2)(layers.UnitNormalization(name="unit")(i)))
     model.save(tmp_path / "rnn.keras")
     assert exit_on_user_error(main, [str(tmp_path / "rnn.keras"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "'mask' (Masking): unsupported layer" in err and err.count("\n") == 1
+    assert "'unit' (UnitNormalization): unsupported layer" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep me")

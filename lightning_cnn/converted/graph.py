@@ -24,7 +24,7 @@ from torch import fx, nn
 
 from ..errors import UserError
 from .rules import LAYOUT_RULE
-from .vocabulary import FUNCTIONS, METHODS, MODULES, is_ref
+from .vocabulary import FUNCTIONS, HELPER_FUNCTIONS, METHODS, MODULES, is_ref, is_submodule
 
 FORMAT, VERSION = "lightning-cnn-graph", 2
 __all__ = ["FORMAT", "VERSION", "LAYOUT_RULE", "ConvertedModelError", "python_name", "check_graph", "build_twin",
@@ -36,8 +36,10 @@ class ConvertedModelError(ValueError, UserError):
 
 
 # Names a module or value may not take: nn.Module/GraphModule attributes (``training``, ``forward``,
-# ``state_dict``, ...) and the names model.py's code uses.
-RESERVED = frozenset({"self", "torch", "F", "nn", "math", "operator", "Path", "load", "load_file", "training"})
+# ``state_dict``, ...) and the names model.py's code uses (its helper functions too: a value of that name would
+# shadow the function in ``forward``).
+RESERVED = frozenset({"self", "torch", "F", "nn", "math", "operator", "Path", "load", "load_file", "training",
+                      *HELPER_FUNCTIONS})
 
 # Bounds on what a file may ask for before anything is built. The largest keras.applications model has ~1,300
 # layers; a real image or sequence extent is far below 2**16.
@@ -105,7 +107,7 @@ class _Checker:
             for i, item in enumerate(value):
                 self.literal(f"{field}[{i}]", item, depth + 1, bounded)
             return
-        if is_ref(value):
+        if is_ref(value) or is_submodule(value):
             self.fail(field, "a reference is only allowed in a step's args")
         self.fail(field, f"{type(value).__name__} {_short(value)} is not an argument value")
 
@@ -250,6 +252,12 @@ def _check_step(c: _Checker, field: str, step, n_inputs: int, index: int, growth
                 c.fail(f"{field}.args[{j}]", f"bad reference {_short(arg)}")
             if ref == "x" and index == 0 and n_inputs == 0:
                 c.fail(f"{field}.args[{j}]", "the first step of a call without inputs has no x")
+        elif is_submodule(arg):
+            if kind != "function" or target not in HELPER_FUNCTIONS:
+                c.fail(f"{field}.args[{j}]", f"a module is passed only to a helper function "
+                                             f"({', '.join(sorted(HELPER_FUNCTIONS))})")
+            if arg["$module"] not in growth_of:
+                c.fail(f"{field}.args[{j}]", f"passes unknown module {_short(arg['$module'])}")
         else:
             c.literal(f"{field}.args[{j}]", arg)
     for key, value in kwargs.items():
@@ -294,7 +302,8 @@ def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
         reads = [values[v] for v in node["inputs"]]
         current = reads[0] if reads else None
         for i, step in enumerate(node["steps"]):
-            args = tuple(_resolve(a, current, reads) for a in step.get("args", []))
+            args = tuple(g.create_node("get_attr", a["$module"], name=f"_{node['name']}_{i}_{a['$module']}")
+                         if is_submodule(a) else _resolve(a, current, reads) for a in step.get("args", []))
             kwargs = {k: _tuples(v) for k, v in step.get("kwargs", {}).items()}
             # the call's value takes its name; the steps before it get names no Keras value can have
             name = node["name"] if i == len(node["steps"]) - 1 else f"_{node['name']}_{i}"

@@ -2,10 +2,10 @@
 
 Written from the same checked graph.json the twin is built from: ``__init__`` constructs each stock module under
 its Keras layer's name, ``forward`` has one statement per Keras call (its chain of steps nested as one expression),
-helper classes of ``lightning_cnn.nets.layers`` are copied in from their source only when used, and ``load(folder)``
-reads ``weights.safetensors`` with ``strict=True``. Every name written comes from ``vocabulary``'s allow-lists or
-is a checked identifier; literal values are written with ``repr`` of JSON numbers/strings, so the file is code the
-converter chose, never text copied from a Keras file.
+helper classes and functions of ``lightning_cnn.nets.layers`` are copied in from their source only when used,
+and ``load(folder)`` reads ``weights.safetensors`` with ``strict=True``. Every name written comes from
+``vocabulary``'s allow-lists or is a checked identifier; literal values are written with ``repr`` of JSON
+numbers/strings, so the file is code the converter chose, never text copied from a Keras file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import inspect
 
 from ..nets import layers
 from .graph import LAYOUT_RULE, check_graph
-from .vocabulary import HELPERS, INFIX, is_ref
+from .vocabulary import HELPER_FUNCTIONS, HELPERS, INFIX, is_ref, is_submodule
 
 # Functions of lightning_cnn.nets.layers a helper class calls (copied in before it).
 _HELPER_FUNCTIONS = {"SamePad": (layers.tf_same_pads,), "SamePool": (layers.tf_same_pads,)}
@@ -44,6 +44,8 @@ class _Expression:
 
 
 def _arg(arg, current: _Expression | None, reads: list) -> _Expression:
+    if is_submodule(arg):
+        return _Expression(f"self.{arg['$module']}")
     if not is_ref(arg):
         return _Expression(_literal(arg))
     ref = arg["$"]
@@ -109,7 +111,8 @@ def _init_lines(graph: dict) -> list:
 
 def _helpers(graph: dict) -> list:
     used = [name for name in HELPERS if any(e["module"]["cls"] == name for e in graph["modules"])]
-    functions = []
+    functions = [HELPER_FUNCTIONS[name] for name in HELPER_FUNCTIONS
+                 if any(step.get("function") == name for node in graph["nodes"] for step in node["steps"])]
     for name in used:
         functions += [f for f in _HELPER_FUNCTIONS.get(name, ()) if f not in functions]
     return [inspect.getsource(f) for f in functions] + [inspect.getsource(HELPERS[name]) for name in used]

@@ -9,7 +9,8 @@ Keras layers, and per Keras call a short chain of *steps*, each one of:
 - ``{"method": name, "args": [self, ...], "kwargs": {...}}``: a tensor method of ``METHODS`` (``permute``, ...).
 
 Arguments are JSON values, or references: ``X`` (the value the chain has so far: the call's first input at the
-first step), ``INPUT(i)`` (the call's i-th input), ``INPUTS`` (all inputs, as a list). Module descriptions are
+first step), ``INPUT(i)`` (the call's i-th input), ``INPUTS`` (all inputs, as a list), ``SUBMODULE(name)`` (a
+module of the model itself, for a helper function that runs its weights: ``masked_rnn(self.lstm, x, mask)``). Module descriptions are
 ``{"class": a key of MODULES, "args": [...], "kwargs": {...}}``. The same description builds the twin's module and
 prints its constructor in model.py, so nothing read from a file is ever evaluated: every name is looked up here.
 """
@@ -32,6 +33,10 @@ def INPUT(i: int) -> dict:  # noqa: N802  (reads as the constant-like references
     return {"$": int(i)}
 
 
+def SUBMODULE(name: str) -> dict:  # noqa: N802
+    return {"$module": str(name)}
+
+
 # Stock modules by the name model.py writes; then the helpers (written into model.py from their source).
 MODULES = {f"nn.{name}": getattr(nn, name) for name in (
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear", "Bilinear",
@@ -51,13 +56,16 @@ FUNCTIONS = {
         "relu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "abs", "square", "softmax", "log_softmax", "cat",
         "stack", "maximum", "minimum", "clamp", "where", "matmul", "mean", "sum", "amax", "amin", "flatten",
         "gt", "ge", "lt", "le", "eq", "ne", "floor_divide", "remainder", "logical_and", "logical_or", "logical_not",
-        "sign", "floor", "ceil", "round", "erf", "reciprocal", "einsum")},
+        "sign", "floor", "ceil", "round", "erf", "reciprocal", "einsum", "any")},
     **{f"F.{name}": getattr(F, name) for name in (
         "pad", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "mish", "hardsigmoid", "hardswish",
         "softplus", "softsign", "interpolate")},
     **{f"operator.{name}": getattr(operator, name) for name in (
         "add", "sub", "mul", "truediv", "pow", "neg", "getitem")},
 }
+# Helper functions of lightning_cnn.nets.layers (written into model.py from their source when a step calls them).
+HELPER_FUNCTIONS = {name: getattr(layers, name) for name in ("masked_rnn",)}
+FUNCTIONS.update(HELPER_FUNCTIONS)
 INFIX = {"operator.add": "+", "operator.sub": "-", "operator.mul": "*", "operator.truediv": "/",
          "operator.pow": "**"}
 
@@ -69,3 +77,7 @@ METHODS = frozenset((
 
 def is_ref(value) -> bool:
     return isinstance(value, dict) and set(value) == {"$"}
+
+
+def is_submodule(value) -> bool:
+    return isinstance(value, dict) and set(value) == {"$module"}

@@ -3,8 +3,9 @@
 Converted models (``lightning_cnn.converted``) are built from stock ``torch.nn`` modules wherever one computes
 what Keras computes; the helper modules here cover only where Keras's semantics differ: TensorFlow's 'same'
 padding when a size is unknown (the odd pixel goes to the bottom/right), 'same' pooling that does not count the
-padding, Keras's ReLU options, per-element PReLU, Rescaling/Normalization constants, Keras's noise layers. Each
-helper imports only ``torch``/``math`` so its source is written as it is into a converted folder's ``model.py``.
+padding, Keras's ReLU options, per-element PReLU, Rescaling/Normalization constants, Keras's noise layers, and
+``masked_rnn`` (a stock RNN module's weights run under Keras's mask). Each helper imports only ``torch``/``math``
+so its source is written as it is into a converted folder's ``model.py``.
 The documented models use ``Conv2d``/``Linear`` with Keras's fused activation and VGG16's block table.
 """
 
@@ -286,6 +287,46 @@ class RandomBrightness(nn.Module):
         delta = self.lower + (self.upper - self.lower) * torch.rand(x.shape[0], 1, 1, 1, device=x.device,
                                                                     dtype=x.dtype)
         return torch.clamp(x + delta * (high - low), low, high)
+
+
+def masked_rnn(rnn, x, mask, go_backwards=False, zero_output=False):
+    """Keras's masked recurrence with the weights of a stock one-layer, batch-first ``nn.LSTM``/``nn.GRU``/
+    ``nn.RNN`` (one or two directions); returns what the module returns: (outputs, h_n) or (outputs, (h_n, c_n)).
+
+    Where ``mask[n, t]`` is False a step keeps the state and outputs the previous step's output (zeros with
+    ``zero_output``, Keras's ``zero_output_for_mask``); ``go_backwards`` flips the sequence and its mask (outputs
+    in processing order, as Keras returns them); a reverse direction runs from the last step to the first, its
+    outputs aligned with time. The stock module cannot skip steps, hence the loop; every step's input projection
+    is one matrix product up front."""
+    kind, mask = type(rnn).__name__, mask.to(torch.bool)
+    if go_backwards:
+        x, mask = x.flip(1), mask.flip(1)
+    steps, outputs, finals = x.shape[1], [], []
+    for suffix in ("", "_reverse") if rnn.bidirectional else ("",):
+        projected = F.linear(x, getattr(rnn, f"weight_ih_l0{suffix}"), getattr(rnn, f"bias_ih_l0{suffix}", None))
+        w_hh, b_hh = getattr(rnn, f"weight_hh_l0{suffix}"), getattr(rnn, f"bias_hh_l0{suffix}", None)
+        h = c = zeros = x.new_zeros(x.shape[0], rnn.hidden_size)
+        out = [zeros] * steps
+        for t in range(steps - 1, -1, -1) if suffix else range(steps):
+            keep, gx, gh = mask[:, t, None], projected[:, t], F.linear(h, w_hh, b_hh)
+            if kind == "LSTM":
+                i, f, g, o = (gx + gh).chunk(4, 1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(c_new)
+                c = torch.where(keep, c_new, c)
+            elif kind == "GRU":  # torch's gate order r, z, n; the reset gate applies to W_hn h + b_hn
+                (rx, zx, nx), (rh, zh, nh) = gx.chunk(3, 1), gh.chunk(3, 1)
+                r, z = torch.sigmoid(rx + rh), torch.sigmoid(zx + zh)
+                h_new = (1 - z) * torch.tanh(nx + r * nh) + z * h
+            else:
+                h_new = torch.relu(gx + gh) if rnn.nonlinearity == "relu" else torch.tanh(gx + gh)
+            h = torch.where(keep, h_new, h)
+            out[t] = torch.where(keep, h_new, zeros) if zero_output else h
+        outputs.append(torch.stack(out, 1))
+        finals.append((h, c))
+    output = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]
+    h_n = torch.stack([h for h, _ in finals])
+    return (output, (h_n, torch.stack([c for _, c in finals]))) if kind == "LSTM" else (output, h_n)
 
 
 class Conv2d(nn.Conv2d):

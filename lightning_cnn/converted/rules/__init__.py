@@ -13,6 +13,8 @@ shapes in Keras layout with batch ``None``, ``call.config`` = ``layer.get_config
 - ``to_torch(call, arrays)``: Keras weights ``{variable name: float32 numpy array}`` -> ``{state_dict key: array}``
   (keys ``call.key("weight", role)``); every state entry the modules have must be returned.
 - ``to_keras(call, state)``: the reverse, ``{state key: array}`` -> ``{Keras variable name: array}``.
+- ``takes_mask(call)``: True where the rule implements the mask Keras passes the call (``mask=``, an input
+  tensor of the call, ``call.arguments["kwargs"]["mask"]``); the walker refuses a masked call of any other rule.
 
 Layout (``LAYOUT_RULE``): rank-4 tensors are NCHW in torch where Keras has NHWC; every other rank keeps Keras's
 layout. ``twin_dim`` maps a Keras axis; ``to_twin_array``/``from_twin_array`` move broadcast constants.
@@ -27,9 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import ConversionError
-from ..vocabulary import FUNCTIONS, INPUT, INPUTS, METHODS, MODULES, X, is_ref
+from ..vocabulary import FUNCTIONS, INPUT, INPUTS, METHODS, MODULES, SUBMODULE, X, is_ref
 
-__all__ = ["Rule", "register", "RULES", "LayerCall", "Emitter", "X", "INPUT", "INPUTS", "twin_dim", "pairs",
+__all__ = ["Rule", "register", "RULES", "LayerCall", "Emitter", "X", "INPUT", "INPUTS", "SUBMODULE", "twin_dim",
+           "pairs",
            "to_twin_array", "from_twin_array", "ConversionError", "symmetric_padding"]
 
 LAYOUT_RULE = ("rank-4 tensors: NHWC in Keras, NCHW in torch; every other rank (vectors, (N, steps, features) "
@@ -151,6 +154,9 @@ class Rule:
     def to_keras(self, call: LayerCall, state: dict) -> dict:
         return {}
 
+    def takes_mask(self, call: LayerCall) -> bool:
+        return False
+
 
 RULES: dict[str, Rule] = {}
 
@@ -248,5 +254,5 @@ def with_bias(arrays: dict, key: str, state: dict) -> dict:
 
 
 from . import (activations, applications, attention, augmentation, conv, dense, embedding,  # noqa: E402
-               merging, normalization, operations, pooling, preprocessing, recurrent, regularization,
+               masking, merging, normalization, operations, pooling, preprocessing, recurrent, regularization,
                reshaping)

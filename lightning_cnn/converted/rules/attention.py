@@ -34,7 +34,8 @@ class MultiHeadAttentionRule(Rule):
         bound = dict(zip(names, args)) | kwargs
         for name in ("attention_mask", "query_mask", "value_mask", "key_mask"):
             if bound.get(name) is not None:
-                call.fail(f"{name} is not supported (masks are off in the converter); drop it or apply it outside")
+                call.fail(f"{name} is not supported (masks go only into recurrent layers here); drop it or apply it "
+                          "outside")
         if bound.get("use_causal_mask") or bound.get("return_attention_scores"):
             call.fail("use_causal_mask / return_attention_scores are not supported")
         query, value = _input(call, bound["query"]), _input(call, bound["value"])

@@ -1,4 +1,6 @@
-"""Embedding -> nn.Embedding (integer or integral float indices)."""
+"""Embedding -> nn.Embedding (integer or integral float indices). With mask_zero=True Keras records the mask as
+its own ``not_equal(ids, 0)`` operation in the graph (converted by the operations rules), read by the layers it
+reaches (see recurrent.py); the embedding itself is unchanged."""
 
 from __future__ import annotations
 
@@ -9,9 +11,6 @@ from . import X, Rule, register
 class EmbeddingRule(Rule):
     def emit(self, call, out):
         cfg = call.config
-        if cfg.get("mask_zero"):
-            call.fail("mask_zero=True is not supported (masking has no torch counterpart here); convert a model "
-                      "without mask_zero")
         out.method("long", X)
         out.call_module(out.add_module("nn.Embedding", int(cfg["input_dim"]), int(cfg["output_dim"])))
 

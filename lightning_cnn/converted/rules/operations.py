@@ -32,7 +32,8 @@ _UNARY = {
 _ACTIVATION_OPS = {"relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "silu": "silu", "selu": "selu",
                    "softplus": "softplus", "softsign": "softsign", "hard_sigmoid": "hard_sigmoid",
                    "hard_silu": "hard_silu"}
-_REDUCTIONS = {"mean": "torch.mean", "sum": "torch.sum", "max": "torch.amax", "min": "torch.amin"}
+_REDUCTIONS = {"mean": "torch.mean", "sum": "torch.sum", "max": "torch.amax", "min": "torch.amin",
+               "any": "torch.any"}  # (any: Masking's mask)
 _CASTS = {"float32": "float", "int32": "long", "int64": "long", "bool": "bool"}
 
 
@@ -152,7 +153,7 @@ class SoftmaxRule(Rule):
 
 @register(*_ops(*_REDUCTIONS))
 class ReductionRule(Rule):
-    """mean/sum/max/min over Keras axes; an image reduced to a lower rank may need its dimensions reordered."""
+    """mean/sum/max/min/any over Keras axes; an image reduced to a lower rank may need its dimensions reordered."""
 
     def emit(self, call, out):
         cfg, rank = call.config, call.rank

@@ -7,13 +7,26 @@ either way, ``go_backwards`` (the sequence flipped first: Keras returns the outp
 ``bidirectional=True``: its outputs are Keras's ``merge_mode='concat'`` ([forward, backward] per step, the
 backward outputs re-aligned with time); without return_sequences Keras concatenates the two final states (h_n).
 TimeDistributed runs its layer's rule on (N * steps, ...) and unflattens.
+
+Masks (Keras 3.15, measured: parity_tests/test_convert_masking.py). Keras records a mask as an ordinary tensor
+of the graph (``Embedding(mask_zero=True)``: ``ids != 0``; ``Masking``: any feature != mask_value), passed to
+each layer whose ``call`` takes ``mask`` (RNNs, TimeDistributed, pooling, attention, BatchNormalization); layers
+without one (Dense, Dropout, Activation, LayerNormalization...) ignore it and hand it on unchanged, an RNN with
+return_sequences too. A masked RNN step leaves the state (h, and c) as it was and outputs the previous output
+(zeros before the first kept step; an all-masked row gives zeros and zero states), wherever the masked steps are
+(start, end, middle); ``go_backwards`` flips the mask with the sequence (outputs in processing order), the mask
+handed on stays unflipped; without return_sequences the result is the last kept step's output.
+Bidirectional sets ``zero_output_for_mask`` = return_sequences on both RNNs: masked steps output zeros in both
+halves, and the backward RNN starts from the last kept step. The stock torch module cannot skip steps: a masked
+call is ``masked_rnn(module, x, mask)`` (lightning_cnn.nets.layers, written into model.py) on the same module and
+weights; an unmasked call is the module itself, as before.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import LayerCall, Rule, X, need_rank, register, to_keras_layout, to_twin_layout
+from . import INPUT, SUBMODULE, LayerCall, Rule, X, need_rank, register, to_keras_layout, to_twin_layout
 
 _GRU_TO_TORCH = (1, 0, 2)  # Keras gates z, r, h -> torch r, z, n (the permutation is its own inverse)
 _MODULES = {"LSTM": "nn.LSTM", "GRU": "nn.GRU", "SimpleRNN": "nn.RNN"}
@@ -66,6 +79,30 @@ def _cell_to_keras(kind: str, state: dict, key, suffix: str = "") -> dict:
             "bias": np.stack([_gate_blocks(b, 0, _GRU_TO_TORCH) for b in (b_ih, b_hh)])}
 
 
+def _mask(call):
+    """INPUT(k) of the mask Keras passes this call (``mask=`` of its arguments), or None."""
+    mask = call.arguments.get("kwargs", {}).get("mask")
+    if mask is None:
+        return None
+    if not (isinstance(mask, dict) and set(mask) == {"input"}):
+        call.fail(f"mask {mask!r} is not one tensor")
+    shape, steps = call.in_shapes[mask["input"]], call.in_shapes[0][:2]
+    if len(shape) != 2 or any(a is not None and b is not None and a != b for a, b in zip(shape, steps)):
+        call.fail(f"mask of shape {shape} for a sequence of shape {call.in_shapes[0]}: expected (batch, steps)")
+    return INPUT(mask["input"])
+
+
+def _run(out, call, attr: str, go_backwards: bool, zero_output: bool) -> None:
+    """The module on the sequence: directly, or, under a mask, stepped by masked_rnn (same module, same weights)."""
+    mask = _mask(call)
+    if mask is not None:
+        out.function("masked_rnn", SUBMODULE(attr), X, mask, go_backwards=go_backwards, zero_output=zero_output)
+        return
+    if go_backwards:
+        out.method("flip", X, 1)
+    out.call_module(attr)
+
+
 def _final_state(out, kind: str, which: int) -> None:
     """Result ``which`` of torch's (outputs, h_n) / (outputs, (h_n, c_n)) as Keras's state: (N, units)."""
     out.function("operator.getitem", X, 1)
@@ -76,14 +113,15 @@ def _final_state(out, kind: str, which: int) -> None:
 
 @register("LSTM", "GRU", "SimpleRNN")
 class RecurrentRule(Rule):
+    def takes_mask(self, call):
+        return True
+
     def emit(self, call, out):
         need_rank(call, 3)
         cfg, kind = call.config, call.kind
         _check_cell(call, cfg, kind)
-        if cfg.get("go_backwards"):
-            out.method("flip", X, 1)
-        out.call_module(out.add_module(_MODULES[kind], int(call.in_shapes[0][-1]), int(cfg["units"]),
-                                       **_rnn_kwargs(kind, cfg)))
+        attr = out.add_module(_MODULES[kind], int(call.in_shapes[0][-1]), int(cfg["units"]), **_rnn_kwargs(kind, cfg))
+        _run(out, call, attr, bool(cfg.get("go_backwards")), bool(cfg.get("zero_output_for_mask")))
         if not cfg.get("return_state"):
             out.function("operator.getitem", X, 0)
             if not cfg["return_sequences"]:
@@ -109,6 +147,9 @@ class BidirectionalRule(Rule):
     """Both directions in one torch RNN (``bidirectional=True``): merge_mode 'concat' as is, 'sum'/'ave' over
     the two halves of each step's features, None as two results."""
 
+    def takes_mask(self, call):
+        return True
+
     def _inner(self, call):
         forward, backward = call.layer.forward_layer, call.layer.backward_layer
         kind = type(forward).__name__
@@ -129,8 +170,9 @@ class BidirectionalRule(Rule):
         merge, units = call.config.get("merge_mode"), int(cfg["units"])
         if merge not in ("concat", "sum", "ave", None):
             call.fail(f"merge_mode {merge!r} is not supported (concat, sum, ave, None)")
-        out.call_module(out.add_module(_MODULES[kind], int(call.in_shapes[0][-1]), units,
-                                       **_rnn_kwargs(kind, cfg, bidirectional=True)))
+        attr = out.add_module(_MODULES[kind], int(call.in_shapes[0][-1]), units,
+                              **_rnn_kwargs(kind, cfg, bidirectional=True))
+        _run(out, call, attr, False, bool(cfg.get("zero_output_for_mask")))
         if cfg["return_sequences"]:
             out.function("operator.getitem", X, 0)  # (N, steps, 2 * units): [forward, backward]
         else:  # the final states h_n (2, N, units) side by side
@@ -170,7 +212,11 @@ class BidirectionalRule(Rule):
 
 @register("TimeDistributed")
 class TimeDistributedRule(Rule):
-    """The wrapped layer's own rule on (N * steps, ...): steps folded into the batch, then unfolded."""
+    """The wrapped layer's own rule on (N * steps, ...): steps folded into the batch, then unfolded. A mask passes
+    by (Keras hands it only to a wrapped layer whose call takes one, which is refused)."""
+
+    def takes_mask(self, call):
+        return not getattr(call.layer.layer, "_call_has_mask_arg", True)
 
     def _inner_call(self, call) -> LayerCall:
         inner = call.layer.layer
