@@ -592,7 +592,7 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
     assert "Traceback" not in err, err
     report = json.loads(stdout.split("\nREPORT ", 1)[1].splitlines()[0])  # after the progress bar's last line
     assert report == {"status": 130, "environment_changed": [], "sigint_handler_restored": True,
-                      "threads_restored": True, "malloc_settings_restored": True}, report
+                      "threads_restored": True, "malloc_settings_restored": True}, (report, err[-3000:])
     line = next(line for line in err.splitlines() if line.startswith("interrupted: "))
     assert f"--resume {last}" in line and "after epoch 1" in line
     from lightning_cnn.predict import load_checkpoint_model
