@@ -97,17 +97,24 @@ def application(name: str, size: int = 64, **kwargs):
 
 # Families whose models preprocess raw 0-255 pixels themselves (include_preprocessing): fed pixels, not [-1, 1].
 RAW_PIXELS = ("ConvNeXt", "EfficientNet", "EfficientNetV2", "MobileNetV3")
+# Families fed mean-subtracted pixels (-127.5 to 127.5), as their "caffe" preprocess_input gives: VGG has no
+# BatchNormalization to undo the input's scale, and on [-1, 1] a random-weight VGG19's logits are ~3e-4.
+CAFFE_PIXELS = ("VGG",)
+
+
+def _pixels(family: str) -> tuple[float, float]:
+    """(scale, offset) taking [-1, 1] images to the family's input range."""
+    return (127.5, 127.5) if family in RAW_PIXELS else (127.5, 0.0) if family in CAFFE_PIXELS else (1.0, 0.0)
 
 
 def _architectures() -> dict:
-    """name -> (builder, image size, pixel scale): the smallest model of each family at its smallest input (the
+    """name -> (builder, image size, (pixel scale, offset)): the smallest model of each family at its smallest input (the
     default run), then every other model at 64 px at least (NASNetLarge only takes 331 px)."""
-    table = {"resnet_block": (resnet_block, 32, 1.0)}
+    table = {"resnet_block": (resnet_block, 32, (1.0, 0.0))}
     for family, (names, kwargs, smallest) in FAMILIES.items():
         for i, name in enumerate(names):
             size = smallest if i == 0 else 331 if name == "NASNetLarge" else max(smallest, 64)
-            table[name] = (lambda n=name, s=size, k=kwargs: application(n, s, **k), size,
-                           127.5 if family in RAW_PIXELS else 1.0)
+            table[name] = (lambda n=name, s=size, k=kwargs: application(n, s, **k), size, _pixels(family))
     return table
 
 
@@ -117,9 +124,9 @@ FULL = ("resnet_block", "MobileNetV2")  # the default run also copies these back
 
 
 def images_for(name: str, n: int = N_IMAGES) -> np.ndarray:
-    _, size, scale = ARCHITECTURES[name]
+    _, size, (scale, offset) = ARCHITECTURES[name]
     x = cifar_images(size, n)
-    return x if scale == 1.0 else x * scale + scale
+    return x if scale == 1.0 else x * scale + offset
 
 
 def params(default) -> list:
