@@ -83,7 +83,7 @@ FAMILIES = {
     "NASNet": (("NASNetMobile", "NASNetLarge"), {}, 32),
     "ResNet": (("ResNet50", "ResNet101", "ResNet152"), {}, 32),
     "ResNetV2": (("ResNet50V2", "ResNet101V2", "ResNet152V2"), {}, 32),
-    "VGG": (("VGG16", "VGG19"), {}, 64),  # (at 32 px its random-weight logits are below 1e-3)
+    "VGG": (("VGG16", "VGG19"), {}, 64),  # (at 32 px on [-1, 1] its random-weight logits are below 1e-3)
     "Xception": (("Xception",), {}, 71),
 }
 
