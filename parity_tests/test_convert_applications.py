@@ -124,9 +124,9 @@ NO_CONV_ACTIVATION = ("ConvNeXt",)  # a LayerNormalization follows every convolu
 FULL = ("resnet_block", "MobileNetV2")  # the default run also copies these back and builds their inference copy
 
 
-def images_for(name: str, n: int = N_IMAGES) -> np.ndarray:
-    _, size, (scale, offset) = ARCHITECTURES[name]
-    x = cifar_images(size, n)
+def images_for(name: str, n: int = N_IMAGES, size: int | None = None) -> np.ndarray:
+    _, default_size, (scale, offset) = ARCHITECTURES[name]
+    x = cifar_images(size or default_size, n)
     return x if scale == 1.0 else x * scale + offset
 
 
@@ -203,19 +203,24 @@ def _in_float64(build):
         keras.config.set_dtype_policy("float32")
 
 
-@pytest.mark.parametrize("name", [pytest.param("resnet_block"), pytest.param("InceptionV3", marks=pytest.mark.slow),
-                                  pytest.param("EfficientNetV2B0", marks=pytest.mark.slow)])
-def test_float32_differences_are_summation_order(name):
+@pytest.mark.parametrize("name, size", [pytest.param("resnet_block", None),
+                                        pytest.param("InceptionV3", None, marks=pytest.mark.slow),
+                                        pytest.param("EfficientNetV2B0", 64, marks=pytest.mark.slow)])
+def test_float32_differences_are_summation_order(name, size):
     """Keras float32 and the twin float32 against Keras float64 (same weights): the twin in float64 matches Keras
     in float64 to 1e-9 of the largest logit (measured ~1e-12: the conversion is exact), and the twin's float32
-    error is no larger than twice Keras's own (measured 0.6-0.95x), the premise of keras_ref.tolerance's rule."""
-    build = ARCHITECTURES[name][0]
+    error is no larger than twice Keras's own (measured 0.6-0.95x), the premise of keras_ref.tolerance's rule.
+
+    EfficientNetV2B0 at 64 px, as docs/parity.md measured it: at 32 px its random weights are chaotic (the errors
+    grow 1e3- to 1e4-fold from the stem to the logits, Keras's to 2e-4 of the largest logit, the twin's to 3e-3),
+    and the ratio of two amplified roundings says nothing about either framework's rounding."""
+    build = ARCHITECTURES[name][0] if size is None else lambda: application(name, size)
     keras.utils.set_random_seed(0)
     model = build()
-    calibrate_batchnorm(model, images_for(name, 16))
+    calibrate_batchnorm(model, images_for(name, 16, size))
     model64 = _in_float64(build)
     model64.set_weights([w.astype("float64") for w in model.get_weights()])
-    x = images_for(name)
+    x = images_for(name, size=size)
     keras32 = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float64)
     keras64 = keras.ops.convert_to_numpy(model64(x.astype(np.float64), training=False))
     assert keras64.dtype == np.float64
