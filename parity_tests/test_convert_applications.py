@@ -108,8 +108,8 @@ def _pixels(family: str) -> tuple[float, float]:
 
 
 def _architectures() -> dict:
-    """name -> (builder, image size, (pixel scale, offset)): the smallest model of each family at its smallest input (the
-    default run), then every other model at 64 px at least (NASNetLarge only takes 331 px)."""
+    """name -> (builder, image size, (pixel scale, offset)): the smallest model of each family at its smallest
+    input (the default run), then every other model at 64 px at least (NASNetLarge only takes 331 px)."""
     table = {"resnet_block": (resnet_block, 32, (1.0, 0.0))}
     for family, (names, kwargs, smallest) in FAMILIES.items():
         for i, name in enumerate(names):
