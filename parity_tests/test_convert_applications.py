@@ -83,7 +83,7 @@ FAMILIES = {
     "NASNet": (("NASNetMobile", "NASNetLarge"), {}, 32),
     "ResNet": (("ResNet50", "ResNet101", "ResNet152"), {}, 32),
     "ResNetV2": (("ResNet50V2", "ResNet101V2", "ResNet152V2"), {}, 32),
-    "VGG": (("VGG16", "VGG19"), {}, 64),  # (at 32 px its random-weight logits are below 1e-3)
+    "VGG": (("VGG16", "VGG19"), {}, 64),  # (at 32 px on [-1, 1] its random-weight logits are below 1e-3)
     "Xception": (("Xception",), {}, 71),
 }
 
@@ -97,29 +97,37 @@ def application(name: str, size: int = 64, **kwargs):
 
 # Families whose models preprocess raw 0-255 pixels themselves (include_preprocessing): fed pixels, not [-1, 1].
 RAW_PIXELS = ("ConvNeXt", "EfficientNet", "EfficientNetV2", "MobileNetV3")
+# Families fed mean-subtracted pixels (-127.5 to 127.5), as their "caffe" preprocess_input gives: VGG has no
+# BatchNormalization to undo the input's scale, and on [-1, 1] a random-weight VGG19's logits are ~3e-4.
+CAFFE_PIXELS = ("VGG",)
+
+
+def _pixels(family: str) -> tuple[float, float]:
+    """(scale, offset) taking [-1, 1] images to the family's input range."""
+    return (127.5, 127.5) if family in RAW_PIXELS else (127.5, 0.0) if family in CAFFE_PIXELS else (1.0, 0.0)
 
 
 def _architectures() -> dict:
-    """name -> (builder, image size, pixel scale): the smallest model of each family at its smallest input (the
-    default run), then every other model at 64 px at least (NASNetLarge only takes 331 px)."""
-    table = {"resnet_block": (resnet_block, 32, 1.0)}
+    """name -> (builder, image size, (pixel scale, offset)): the smallest model of each family at its smallest
+    input (the default run), then every other model at 64 px at least (NASNetLarge only takes 331 px)."""
+    table = {"resnet_block": (resnet_block, 32, (1.0, 0.0))}
     for family, (names, kwargs, smallest) in FAMILIES.items():
         for i, name in enumerate(names):
             size = smallest if i == 0 else 331 if name == "NASNetLarge" else max(smallest, 64)
-            table[name] = (lambda n=name, s=size, k=kwargs: application(n, s, **k), size,
-                           127.5 if family in RAW_PIXELS else 1.0)
+            table[name] = (lambda n=name, s=size, k=kwargs: application(n, s, **k), size, _pixels(family))
     return table
 
 
 ARCHITECTURES = _architectures()
 FIRST_OF_FAMILY = [names[0] for names, _, _ in FAMILIES.values()]
+NO_CONV_ACTIVATION = ("ConvNeXt",)  # a LayerNormalization follows every convolution: no activation to fuse
 FULL = ("resnet_block", "MobileNetV2")  # the default run also copies these back and builds their inference copy
 
 
-def images_for(name: str, n: int = N_IMAGES) -> np.ndarray:
-    _, size, scale = ARCHITECTURES[name]
-    x = cifar_images(size, n)
-    return x if scale == 1.0 else x * scale + scale
+def images_for(name: str, n: int = N_IMAGES, size: int | None = None) -> np.ndarray:
+    _, default_size, (scale, offset) = ARCHITECTURES[name]
+    x = cifar_images(size or default_size, n)
+    return x if scale == 1.0 else x * scale + offset
 
 
 def params(default) -> list:
@@ -174,7 +182,8 @@ def test_inference_copy_matches(architecture):
     batch_norms = [m for m in twin.modules() if isinstance(m, BatchNorm)]
     assert not any(isinstance(m, (BatchNorm, Conv)) for m in fast.modules())
     assert len([m for m in fast.modules() if isinstance(m, ScaleShift)]) < max(len(batch_norms), 1)
-    assert any(isinstance(m, OneDNNConv2d) and m.post_op[0] != "none" for m in fast.modules())
+    if not name.startswith(NO_CONV_ACTIVATION):
+        assert any(isinstance(m, OneDNNConv2d) and m.post_op[0] != "none" for m in fast.modules())
     assert all(m.weight.is_contiguous() for m in twin.modules() if isinstance(m, Conv))
     assert_logits_match(model, fast, x, f"{name} prepared for inference", reference=twin)
     plain = prepare_for_inference(twin, onednn=False)
@@ -194,19 +203,24 @@ def _in_float64(build):
         keras.config.set_dtype_policy("float32")
 
 
-@pytest.mark.parametrize("name", [pytest.param("resnet_block"), pytest.param("InceptionV3", marks=pytest.mark.slow),
-                                  pytest.param("EfficientNetV2B0", marks=pytest.mark.slow)])
-def test_float32_differences_are_summation_order(name):
+@pytest.mark.parametrize("name, size", [pytest.param("resnet_block", None),
+                                        pytest.param("InceptionV3", None, marks=pytest.mark.slow),
+                                        pytest.param("EfficientNetV2B0", 64, marks=pytest.mark.slow)])
+def test_float32_differences_are_summation_order(name, size):
     """Keras float32 and the twin float32 against Keras float64 (same weights): the twin in float64 matches Keras
     in float64 to 1e-9 of the largest logit (measured ~1e-12: the conversion is exact), and the twin's float32
-    error is no larger than twice Keras's own (measured 0.6-0.95x), the premise of keras_ref.tolerance's rule."""
-    build = ARCHITECTURES[name][0]
+    error is no larger than twice Keras's own (measured 0.6-0.95x), the premise of keras_ref.tolerance's rule.
+
+    EfficientNetV2B0 at 64 px, as docs/parity.md measured it: at 32 px its random weights are chaotic (the errors
+    grow 1e3- to 1e4-fold from the stem to the logits, Keras's to 2e-4 of the largest logit, the twin's to 3e-3),
+    and the ratio of two amplified roundings says nothing about either framework's rounding."""
+    build = ARCHITECTURES[name][0] if size is None else lambda: application(name, size)
     keras.utils.set_random_seed(0)
     model = build()
-    calibrate_batchnorm(model, images_for(name, 16))
+    calibrate_batchnorm(model, images_for(name, 16, size))
     model64 = _in_float64(build)
     model64.set_weights([w.astype("float64") for w in model.get_weights()])
-    x = images_for(name)
+    x = images_for(name, size=size)
     keras32 = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float64)
     keras64 = keras.ops.convert_to_numpy(model64(x.astype(np.float64), training=False))
     assert keras64.dtype == np.float64

@@ -21,7 +21,7 @@ from keras import layers
 from keras_ref.convert import (RULES, compare, convert, copy_weights_to_keras, extract_graph, layer_table,
                                save_converted)
 from keras_ref.parity import ParityError
-from keras_ref.tolerance import within
+from keras_ref.tolerance import ShiftedGroupedConv2d, float64_twin, within
 
 from .conftest import real_batch
 
@@ -326,3 +326,26 @@ def test_docs_list_exactly_the_registered_layers():
     repo = Path(__file__).resolve().parents[1]
     for doc in ("docs/converting.md", "README.md"):
         assert layer_table() in (repo / doc).read_text(), f"{doc}: regenerate with python -m keras_ref.convert --supported"
+
+
+@pytest.mark.parametrize("groups, out_per_group, kernel, stride, dilation, padding, bias", [
+    (6, 1, 3, 1, 1, 1, False),       # depthwise, 'same'
+    (6, 2, (5, 3), 2, 1, (2, 1), True),  # depth_multiplier 2, stride 2, rectangular
+    (6, 1, 3, 1, 2, 0, True),        # dilated, 'valid'
+    (3, 4, 3, 2, 1, 1, True),        # grouped (2 input channels a group)
+])
+def test_float64_grouped_conv_is_the_stock_conv(groups, out_per_group, kernel, stride, dilation, padding, bias):
+    """The float64 reference's grouped convolution (keras_ref.tolerance.ShiftedGroupedConv2d) gives the stock
+    nn.Conv2d's float64 result to float64 rounding (1e-12 relative: a wrong offset, stride or channel order is
+    O(1)), and float64_twin puts it in place of every grouped convolution only."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, groups * out_per_group, kernel, stride=stride, dilation=dilation, padding=padding,
+                           groups=groups, bias=bias).double()
+    x = torch.from_numpy(images(11, 3, 2).transpose(0, 3, 1, 2).repeat(2, axis=1)).double()
+    with torch.no_grad():
+        expected, got = conv(x), ShiftedGroupedConv2d(conv)(x)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1e-12 * float(expected.abs().max())
+    model = torch.nn.Sequential(conv, torch.nn.Conv2d(conv.out_channels, 4, 1)).float()
+    assert [type(m) for m in float64_twin(model)] == [ShiftedGroupedConv2d, torch.nn.Conv2d]
+    assert [type(m) for m in float64_twin(model, shifted_grouped_convs=False)] == [torch.nn.Conv2d] * 2
