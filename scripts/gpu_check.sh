@@ -12,7 +12,12 @@
 #   2. Resume on the device: 1 epoch, then --resume last.ckpt to epoch 2; the resumed run must end at 2 epochs
 #      and 2 epochs' optimizer steps.
 #   3. The bench table, plain PyTorch vs Lightning (scripts/bench.py --contenders plain_torch lightning).
-#   4. DDP on 2 devices, when 2 are present.
+#   4. Converted twins (ResNet50 at 96 px, MobileNetV2-0.35 at 64 px) trained through the same run core
+#      (train.py --keras-model FOLDER --data ARRAYS.npz) at each precision: images/s of epoch 2 and the ratio to
+#      32-true. No TensorFlow there, so the folders are built from scripts/gpu_twins/*.graph.json (the converter's
+#      graphs of those keras.applications models, 10 classes, written by keras_ref.convert.extract_graph) with
+#      each stock module's own initialization, and the data are random 8-bit images.
+#   5. DDP on 2 devices, when 2 are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 accelerator=${GPU_CHECK_ACCELERATOR:-gpu}
@@ -82,6 +87,40 @@ bench_flags=(--contenders plain_torch lightning --accelerator "$accelerator" --r
 [ "$accelerator" = cpu ] && bench_flags+=(--smoke)
 step bench 240 "$python" scripts/bench.py "${bench_flags[@]}"
 
+# Converted twins: a folder per committed graph (own initialization) and an .npz of random 8-bit images.
+twin_images=${GPU_CHECK_TWIN_IMAGES:-2048}
+[ "$accelerator" = cpu ] && twin_images=64
+step twin-folders 120 "$python" - "$work/twins" "$twin_images" scripts/gpu_twins/*.graph.json <<'EOF'
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from safetensors.torch import save_file
+from lightning_cnn.converted.graph import build_twin, check_graph
+out, n = Path(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+for path in map(Path, sys.argv[3:]):
+    graph = check_graph(json.loads(path.read_text()), str(path))
+    folder = out / path.name.removesuffix(".graph.json")
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    twin = build_twin(graph, str(path))
+    (folder / "graph.json").write_text(json.dumps(graph))
+    save_file({k: v.contiguous() for k, v in twin.state_dict().items()}, folder / "weights.safetensors")
+    shape = graph["inputs"][0]["shape"][1:]
+    np.savez(f"{folder}.npz", x_train=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+             y_train=rng.integers(0, 10, n))
+    print(folder.name, sum(v.numel() for v in twin.state_dict().values()), "weights")
+EOF
+for graph in scripts/gpu_twins/*.graph.json; do
+    twin=$(basename "$graph" .graph.json)
+    for precision in "${precisions[@]}"; do
+        step "twin-$twin-$precision" 300 "$python" scripts/train.py --accelerator "$accelerator" --devices 1 \
+            --keras-model "$work/twins/$twin" --data "$work/twins/$twin.npz" --epochs 2 --batch-size 32 \
+            --precision "$precision" --out "$work/twin-$twin-$precision" \
+            --metrics-json "$work/twin-$twin-$precision.json"
+    done
+done
+
 if [ "$devices" -ge 2 ]; then
     step ddp-2-devices 180 "$python" scripts/train.py --accelerator "$accelerator" --devices 2 --strategy ddp \
         --epochs 1 --out "$work/ddp" --metrics-json "$work/ddp.json"
@@ -112,6 +151,25 @@ EOF
     for precision in "${precisions[@]}"; do
         [ -f "$work/accuracy-$precision.log" ] && echo "- $precision: $(cat "$work/accuracy-$precision.log")"
     done
+    echo
+    echo "## Converted twins through train.py --keras-model (batch 32, images/s of epoch 2)"
+    echo
+    "$python" - "$work" "$twin_images" "${precisions[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+work, n, precisions = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+print("| twin | precision | train images/s | vs 32-true |\n|---|---|---:|---:|")
+for folder in sorted(p for p in (work / "twins").glob("*") if p.is_dir()):
+    speed = {}
+    for precision in precisions:
+        path = work / f"twin-{folder.name}-{precision}.json"
+        if not path.is_file():
+            print(f"| {folder.name} | {precision} | failed | |")
+            continue
+        speed[precision] = n / json.loads(path.read_text())["seconds_per_epoch"][-1]
+        ratio = f"{speed[precision] / speed['32-true']:.2f}x" if "32-true" in speed else ""
+        print(f"| {folder.name} | {precision} | {speed[precision]:,.0f} | {ratio} |")
+EOF
     echo
     echo "## Bench (plain PyTorch vs Lightning)"
     echo
