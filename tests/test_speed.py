@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -75,3 +75,93 @@ def test_a_fast_module_pickles_and_copies_as_its_own_class():
 def test_checkpoints_do_not_carry_the_speed_settings():
     module = KerasRecipeModule("mnist_cnn_small", seed=0, speed=Speed.none())
     assert "speed" not in module.hparams
+
+
+LIGHTNING_WAY = replace(Speed(), direct_step=False, lean_dispatch=False)  # the same network, Lightning's own loop
+
+
+def _real_batches(data_dir, n=200):
+    from lightning_cnn.data import load_dataset, preprocess
+
+    (x, y), _ = load_dataset("mnist", data_dir, allow_partial_test=True)
+    return (torch.from_numpy(preprocess(x[:n], "scale_255")).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(y[:n].reshape(-1).astype("int64")))
+
+
+def _fit(data_dir, speed, callbacks=(), **settings):
+    """Two epochs of ``mnist_cnn_dropout`` (dropout: the RNG must be drawn in the same order) on 200 real images,
+    the last batch short; returns the module, the trainer and the automatic-optimization loop."""
+    import lightning as L
+
+    from lightning_cnn.datamodule import InMemoryLoader
+    from lightning_cnn.training import make_trainer
+
+    x, y = _real_batches(data_dir)
+    L.seed_everything(0, verbose=False)
+    module = KerasRecipeModule("mnist_cnn_dropout", seed=0, speed=speed)
+    trainer = make_trainer(accelerator="cpu", max_epochs=2, callbacks=list(callbacks), speed=speed, **settings)
+    trainer.fit(module, train_dataloaders=InMemoryLoader(x, y, 32, shuffle=True))
+    return module, trainer, trainer.fit_loop.epoch_loop.automatic_optimization
+
+
+def _assert_same_training(a, b):
+    (module_a, trainer_a, loop_a), (module_b, trainer_b, loop_b) = a, b
+    assert all(torch.equal(p, q) for p, q in zip(module_a.state_dict().values(), module_b.state_dict().values()))
+    state_a, state_b = trainer_a.optimizers[0].state_dict(), trainer_b.optimizers[0].state_dict()
+    assert state_a["param_groups"] == state_b["param_groups"]
+    assert all(torch.equal(u, v) for s, t in zip(state_a["state"].values(), state_b["state"].values())
+               for u, v in zip(s.values(), t.values()))
+    assert {k: v.item() for k, v in trainer_a.callback_metrics.items()} == \
+        {k: v.item() for k, v in trainer_b.callback_metrics.items()}
+    assert loop_a.optim_progress.state_dict() == loop_b.optim_progress.state_dict()  # what a checkpoint saves
+    assert trainer_a.global_step == trainer_b.global_step == 14
+
+
+def test_the_direct_step_trains_bit_for_bit_as_lightnings_own_loop(data_dir):
+    from lightning.pytorch.profilers import PassThroughProfiler
+
+    from lightning_cnn.speed.loop import QuietProfiler
+
+    direct, own = _fit(data_dir, Speed()), _fit(data_dir, LIGHTNING_WAY)
+    assert direct[2]._direct and type(direct[1].profiler) is QuietProfiler  # the tricks ran
+    assert not hasattr(own[2], "_direct") and type(own[1].profiler) is PassThroughProfiler
+    _assert_same_training(direct, own)
+
+
+def test_the_direct_step_steps_aside_for_an_overridden_hook_or_clipping(data_dir):
+    """A callback that looks at the gradients, or gradient clipping, needs the hooks the direct step leaves out:
+    Lightning's own path runs then, and the hook sees every optimizer step."""
+    import lightning as L
+
+    class GradientWatcher(L.Callback):
+        def __init__(self):
+            self.calls = 0
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.calls += 1
+
+    watcher = GradientWatcher()
+    watched = _fit(data_dir, Speed(), callbacks=[watcher])
+    assert not watched[2]._direct and watcher.calls == 14
+    clipped = _fit(data_dir, Speed(), gradient_clip_val=0.01)
+    assert not clipped[2]._direct
+    _assert_same_training(clipped, _fit(data_dir, LIGHTNING_WAY, gradient_clip_val=0.01))
+
+
+def test_cached_step_signatures_are_the_methods_own():
+    import inspect
+
+    from lightning_cnn.speed.loop import STEP_METHODS
+
+    module = KerasRecipeModule("mnist_cnn_small", seed=0)
+    for name in STEP_METHODS:
+        function = getattr(type(module), name)
+        assert "__signature__" in function.__dict__
+        assert inspect.getfullargspec(function) == inspect.getfullargspec(_uncached(function))
+
+
+def _uncached(function):
+    import types
+
+    return types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__,
+                              function.__closure__)

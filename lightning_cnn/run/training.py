@@ -107,18 +107,19 @@ def make_trainer(*, accelerator: str = "auto", devices="auto", strategy: str = "
                  logger=False, **settings) -> L.Trainer:
     """A Trainer for this project's modules and loaders: no logger unless given, no sanity validation, no model
     summary; the loaders shard themselves across ranks (``InMemoryLoader``), so no distributed sampler; checkpoints
-    only when a checkpoint callback is given; the process settings of ``speed`` (default ``Speed()``: CPU tuning on
-    a CPU run); checkpoints written atomically (``AtomicCheckpointIO``). ``settings`` are any other
-    ``lightning.Trainer`` arguments (``max_epochs``, ``max_steps``, ``num_nodes``, ...)."""
+    only when a checkpoint callback is given; the process settings and loop tricks of ``speed`` (default ``Speed()``:
+    CPU tuning on a CPU run, ``Speed.prepare_trainer``); checkpoints written atomically (``AtomicCheckpointIO``).
+    ``settings`` are any other ``lightning.Trainer`` arguments (``max_epochs``, ``max_steps``, ``num_nodes``, ...)."""
     callbacks = list(callbacks)
+    speed = speed or Speed()
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
-    return L.Trainer(
+    return speed.prepare_trainer(L.Trainer(
         accelerator=accelerator, devices=_devices(devices), strategy=strategy, precision=precision,
-        callbacks=[*callbacks, *(speed or Speed()).trainer_callbacks(accelerator)], logger=logger,
+        callbacks=[*callbacks, *speed.trainer_callbacks(accelerator)], logger=logger,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
         enable_progress_bar=progress_bar, plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), **settings)
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), **settings))
 
 
 def _check_flags(config: RunConfig) -> None:

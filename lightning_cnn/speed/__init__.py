@@ -30,6 +30,12 @@ class Speed:
       the oneDNN inference copy of the network (``lightning_cnn.converted.prepare_for_inference``: BN folded,
       convolutions fused with their activation and residual add), equal to ``forward`` to float32 rounding;
       networks it cannot take (not float32 on the CPU, not traceable by torch.fx) run as they are.
+    - ``direct_step``: an automatic-optimization training step goes straight from ``training_step`` to
+      ``zero_grad``, ``backward`` and ``optimizer.step`` when none of the hooks Lightning dispatches on the way is
+      overridden (by the module or a callback) and nothing else stands between (one device, 32-bit, no clipping,
+      accumulation or profiler); otherwise Lightning's own path (``speed/loop.py``).
+    - ``lean_dispatch``: the trainer's default (recording-nothing) profiler hands out one shared no-op context per
+      hook call, and the module's step methods keep their signatures, which Lightning re-reads every batch.
     - ``onednn_evaluation`` (off by default): validation, test and predict on CPU in float32 run an inference copy
       of the network in oneDNN's layout (``speed/onednn.py``), equal to ``forward`` to float32 rounding. Off, the
       reported metrics come from ``forward``, the network that was trained.
@@ -41,6 +47,8 @@ class Speed:
     fused_optimizers: bool = True
     cpu_tuning: bool = True
     inference_copy: bool = True
+    direct_step: bool = True
+    lean_dispatch: bool = True
     onednn_evaluation: bool = False
 
     @classmethod
@@ -74,7 +82,22 @@ class Speed:
             from .attributes import with_attribute_fast_path
 
             with_attribute_fast_path(module, (Metric,))
+        if self.lean_dispatch:
+            from .loop import cache_step_signatures
+
+            cache_step_signatures(module)
         return module
+
+    def prepare_trainer(self, trainer):
+        """Applies the loop tricks to a ``lightning.Trainer`` that has not run yet, in place."""
+        if self.direct_step or self.lean_dispatch:
+            from .loop import use_direct_step, use_quiet_profiler
+
+            if self.direct_step:
+                use_direct_step(trainer)
+            if self.lean_dispatch:
+                use_quiet_profiler(trainer)
+        return trainer
 
     def evaluation_network(self, model, fallback: Callable | None = None) -> Callable | None:
         """A faster stand-in for ``model`` during one evaluation epoch, or None to evaluate ``model`` itself.
