@@ -25,12 +25,12 @@ import torch.nn.functional as F
 import lightning_cnn
 from lightning_cnn.benchmark import torch_tensors, train_arrays
 from lightning_cnn.datamodule import InMemoryLoader
-from lightning_cnn.module import KerasRecipeModule
-from lightning_cnn.optim import make_optimizer
+from lightning_cnn.recipes.module import KerasRecipeModule
+from lightning_cnn.recipes.optim import make_optimizer
 from lightning_cnn.specs import get_spec
 from lightning_cnn.speed import Speed
 from lightning_cnn.speed.cpu_tuning import NVML_CUDA_CHECK, retain_freed_memory
-from lightning_cnn.training import make_trainer
+from lightning_cnn.run.training import make_trainer
 
 WITHOUT_LOOP_TRICKS = dataclasses.replace(Speed(), direct_step=False, lean_dispatch=False)
 

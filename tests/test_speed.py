@@ -94,7 +94,7 @@ def _fit(data_dir, speed, callbacks=(), **settings):
     import lightning as L
 
     from lightning_cnn.datamodule import InMemoryLoader
-    from lightning_cnn.training import make_trainer
+    from lightning_cnn.run.training import make_trainer
 
     x, y = _real_batches(data_dir)
     L.seed_everything(0, verbose=False)
