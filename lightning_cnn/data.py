@@ -341,10 +341,12 @@ def read_npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple, np.dt
     return shape, dtype
 
 
-def read_user_npz(path, where: str, error: type[Exception], max_bytes: int | None = None) -> dict[str, np.ndarray]:
+def read_user_npz(path, where: str, error: type[Exception], max_bytes: int | None = None,
+                  kinds: str | None = None) -> dict[str, np.ndarray]:
     """Every array of a user's .npz, never through pickle: each member's header is read first, and object arrays,
-    headers declaring more bytes than the member stores (damaged or hostile) and, with ``max_bytes``, archives
-    declaring more than that are refused before numpy allocates anything. Errors are ``error("<where>...")``."""
+    headers declaring more bytes than the member stores (damaged or hostile), with ``max_bytes`` archives declaring
+    more than that, and with ``kinds`` (numpy dtype kinds, e.g. "biuf") arrays of other kinds are refused before
+    numpy allocates anything. Errors are ``error("<where>...")``."""
     try:
         with zipfile.ZipFile(path) as archive:
             headers = {m.removesuffix(".npy"): (*read_npy_header(archive, m), archive.getinfo(m).file_size)
@@ -358,6 +360,9 @@ def read_user_npz(path, where: str, error: type[Exception], max_bytes: int | Non
         if dtype.hasobject:
             raise error(f"{where}: array {key!r} holds Python objects ({dtype}), which only pickle can load and a "
                         "file must not run code: save plain numeric arrays")
+        if kinds is not None and dtype.kind not in kinds:
+            raise error(f"{where}: array {key!r} is {dtype} (not numbers); save numeric arrays (float32 values, or "
+                        "integer ids)")
         declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if declared > stored:
             raise error(f"{where}: array {key!r} declares shape {shape} ({declared:,} bytes) but stores "
