@@ -34,6 +34,8 @@ import lightning_cnn  # noqa: E402  (its version goes into parity.json)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from keras_ref.graph import from_twin_output, functional_graph, to_twin_input  # noqa: E402
+from keras_ref.layerwise import SAMPLES, compare_layers, summarize  # noqa: E402
 from keras_ref.operations import call_arguments, describe, is_operation  # noqa: E402
 from keras_ref.parity import ParityError, keras_config_size, load_keras_model  # noqa: E402
 from lightning_cnn.atomic import replace_folder, write_text  # noqa: E402
@@ -84,32 +86,27 @@ class Extraction:
         self.calls: dict = {}  # id(layer) -> LayerCall
         self.sequence: list = []  # [(LayerCall, input value names, output value name)], one per Keras call
         self.results: dict = {}  # a call's value -> its results' value names, for calls with several results
+        self.tensors: dict = {}  # value name -> the KerasTensor it is (inputs and every call's results)
 
 
 def _shape(shape) -> list:
     return [None if d is None else int(d) for d in shape]
 
 
-def _graph_of(model):
-    """The Functional graph behind a model (a built Sequential has one), else ParityError."""
-    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
-    if graph is None or not hasattr(graph, "_nodes_by_depth") or not getattr(graph, "inputs", None):
-        raise ParityError(f"Keras model {model.name!r} ({type(model).__name__}) is not built or not functional: "
-                          "give it an Input (keras.Input(shape)) first; subclassed models are not supported")
-    return graph
-
-
-def _trace(model, taken: set) -> tuple[list, list, list, dict]:
+def _trace(model, taken: set) -> tuple[list, list, list, dict, dict]:
     """(inputs, [(LayerCall, input value names, output value name)] in dependency order, outputs, results of
-    several-result calls); nested models are inlined. A layer called twice shares one LayerCall (one set of
+    several-result calls, value name -> KerasTensor); nested models are inlined. A layer called twice shares one LayerCall (one set of
     modules). Raw keras.ops calls are calls too, each its own (``LayerCall.arguments`` says which operation)."""
     calls: dict[int, LayerCall] = {}
     sequence = []
     results: dict[str, list] = {}
+    tensors: dict = {}
 
     def trace(submodel, input_values: list, prefix: str) -> list:
-        graph = _graph_of(submodel)
+        graph = functional_graph(submodel)
         env = {id(t): v for t, v in zip(graph.inputs, input_values)}
+        for tensor, value in zip(graph.inputs, input_values):
+            tensors.setdefault(value, tensor)
         for depth in sorted(graph._nodes_by_depth, reverse=True):
             for node in graph._nodes_by_depth[depth]:
                 op = node.operation
@@ -128,6 +125,7 @@ def _trace(model, taken: set) -> tuple[list, list, list, dict]:
                     outs = [value] if len(node.output_tensors) == 1 else results[value]
                 for tensor, value in zip(node.output_tensors, outs):
                     env[id(tensor)] = value
+                    tensors.setdefault(value, tensor)
         return [env[id(t)] for t in graph.outputs]
 
     def layer_call(layer, path, node, ins):
@@ -170,7 +168,7 @@ def _trace(model, taken: set) -> tuple[list, list, list, dict]:
 
     inputs = input_specs(model, taken)
     outputs = trace(model, [i["name"] for i in inputs], "")
-    return inputs, sequence, outputs, results
+    return inputs, sequence, outputs, results, tensors
 
 
 def _masks_passed(node) -> list:
@@ -184,7 +182,7 @@ def input_specs(model, taken: set | None = None) -> list[dict]:
     """graph.json's ``inputs``: name (as in the twin's code), shape (batch axis first) and dtype per model input."""
     taken = set() if taken is None else taken
     return [dict(name=python_name(tensor._keras_history.operation.name, taken), shape=_shape(tensor.shape),
-                 dtype=str(tensor.dtype)) for tensor in _graph_of(model).inputs]
+                 dtype=str(tensor.dtype)) for tensor in functional_graph(model).inputs]
 
 
 def _flatten_before_dense(sequence: list, outputs: list) -> None:
@@ -212,10 +210,10 @@ def extract_graph(model) -> Extraction:
     if not isinstance(model, keras.Model):
         raise ParityError(f"expected a Keras model, got {type(model).__name__}")
     taken: set = set()
-    inputs, sequence, outputs, results = _trace(model, taken)
+    inputs, sequence, outputs, results, tensors = _trace(model, taken)
     _flatten_before_dense(sequence, outputs)
     ext = Extraction()
-    ext.sequence, ext.results = sequence, results
+    ext.sequence, ext.results, ext.tensors = sequence, results, tensors
     modules: dict = {}
     nodes = []
     for call, ins, value in sequence:
@@ -360,17 +358,6 @@ def _random_inputs(ext: Extraction, n: int, seed: int) -> list:
     return arrays
 
 
-def to_twin_input(x: np.ndarray) -> torch.Tensor:
-    """A Keras-layout batch as the twin takes it (rank-4 NHWC -> NCHW)."""
-    x = np.asarray(x)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2) if x.ndim == 4 else x))
-
-
-def from_twin_output(t: torch.Tensor) -> np.ndarray:
-    a = t.detach().cpu().numpy()
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a)
-
-
 def compare(keras_model, twin, inputs: list, reference=None) -> list[dict]:
     """Per output on ``inputs`` (Keras layout): max |Keras - twin|, the largest |Keras output|, the twin's own
     float32 error (max |twin - twin in float64|) and the tolerance ``keras_ref.tolerance`` derives from them.
@@ -453,8 +440,9 @@ def _save(keras_model, out_dir, inputs, atol, compile_config, n, seed) -> tuple[
     report = compare(keras_model, twin, [np.asarray(x) for x in inputs])
     for r in report:
         r["tolerance"] = tolerance(r["twin_float32_error"], r["max_abs_output"], atol)
-    parity = dict(passed=all(within(r, atol) for r in report), atol=atol, tolerance_rule=RULE,
-                  inputs=source, outputs=report, conversion_seconds=round(seconds, 3),
+    layers = summarize(compare_layers(keras_model, twin, inputs, ext, atol), min(SAMPLES, len(inputs[0])))
+    parity = dict(passed=all(within(r, atol) for r in report) and layers["passed"], atol=atol, tolerance_rule=RULE,
+                  inputs=source, outputs=report, layers=layers, conversion_seconds=round(seconds, 3),
                   versions=dict(keras=keras.__version__, tensorflow=_tf_version(), torch=torch.__version__,
                                 lightning_cnn=lightning_cnn.__version__))
     if compile_config is None and getattr(keras_model, "compiled", False):
@@ -541,6 +529,16 @@ def main(argv=None) -> int:
         print(f"{model.name} output {r['output']}: max |Keras - twin| = {r['max_abs_diff']:.3g}, tolerance "
               f"{r['tolerance']:.3g} (twin's float32 error {r['twin_float32_error']:.3g}, largest |output| "
               f"{r['max_abs_output']:.3g}, atol {args.atol:g}) on {parity['inputs']}")
+    layers = parity["layers"]
+    for r in layers["failed"]:
+        print(f"{model.name} layer {r['keras_path']} ({r['keras_class']}), on Keras's inputs to it: "
+              + (f"shapes differ ({r['shape_mismatch']})" if "shape_mismatch" in r else
+                 f"max |Keras - twin| = {r['max_abs_diff']:.3g}, tolerance {r['tolerance']:.3g}"))
+    worst = layers["worst"]
+    print(f"{model.name}: {layers['checked']} layer calls checked each on Keras's inputs to it (first "
+          f"{layers['samples']} samples), {layers['n_failed']} over the tolerance"
+          + (f"; closest: {worst['keras_path']} at {worst['max_abs_diff'] / worst['tolerance']:.2f}x its tolerance"
+             if worst else ""))
     print(f"{'wrote' if parity['passed'] else 'PARITY FAILED; wrote'} {out} "
           f"(converted in {parity['conversion_seconds']:.2f} s)")
     return 0 if parity["passed"] else 1

@@ -22,7 +22,9 @@ import torch
 from keras import layers
 from torch.nn import BatchNorm2d as BatchNorm, Conv2d as Conv  # the twin's stock modules
 
-from keras_ref.convert import compare, convert, copy_weights_to_keras, from_twin_output, to_twin_input
+from keras_ref.convert import (compare, convert, copy_weights_to_keras, extract_graph, from_twin_output,
+                               to_twin_input)
+from keras_ref.layerwise import compare_layers, summarize
 from keras_ref.tolerance import ATOL, float64_twin, max_abs, within
 from lightning_cnn.converted import prepare_for_inference
 from lightning_cnn.converted.inference import OneDNNConv2d, ScaleShift
@@ -155,6 +157,43 @@ def assert_logits_match(model, twin, x, label, reference=None):
 def test_logits_match_keras(architecture):
     name, model, twin, x = architecture
     assert_logits_match(model, twin, x, name)
+
+
+# The layer-by-layer check in the default run: the smallest EfficientNet (the family whose large models are chaotic
+# end to end) and the FULL ones; every other model is slow.
+LAYERWISE = ("EfficientNetB0", *FULL)
+
+
+@pytest.mark.parametrize("architecture", params(LAYERWISE), indirect=True)
+def test_each_layer_matches_keras(architecture):
+    """Every Keras call, run in the twin on Keras's own inputs to it, matches Keras's output of it under the rule:
+    meaningful where the end-to-end check is not (EfficientNetB5/B7/V2M/V2L: chaotic in float32, their
+    end-to-end tolerance is 0.4-4x their largest logit)."""
+    name, model, twin, x = architecture
+    ext = extract_graph(model)
+    report = compare_layers(model, twin, [x], ext)
+    assert len(report) >= len(ext.sequence) - 1  # a call per Keras call (a channels-first Flatten is left out)
+    summary = summarize(report, N_IMAGES)
+    worst = summary["worst"]
+    print(f"{name}: {summary['checked']} calls, worst {worst['keras_path']} ({worst['keras_class']}) "
+          f"{worst['max_abs_diff']:.3g} vs tolerance {worst['tolerance']:.3g}")
+    assert summary["passed"], summary["failed"]
+    assert max(r["max_abs_output"] for r in report) > 1e-3
+
+
+@pytest.mark.parametrize("architecture", ["EfficientNetB0"], indirect=True)
+def test_each_layer_check_names_a_wrong_layer(architecture):
+    """One BatchNormalization's moving variance off by 0.1% in the twin (a conversion mistake that, on EfficientNetB7,
+    the end-to-end rule accepts): the layer-by-layer check fails at that layer and no other."""
+    name, model, twin, x = architecture
+    variance = twin.block2b_project_bn.running_var
+    right = variance.clone()
+    try:
+        variance.mul_(1.001)
+        failed = summarize(compare_layers(model, twin, [x], extract_graph(model)), N_IMAGES)["failed"]
+    finally:
+        variance.copy_(right)
+    assert [(r["keras_path"], r["keras_class"]) for r in failed] == [("block2b_project_bn", "BatchNormalization")]
 
 
 @pytest.mark.parametrize("architecture", params(FULL), indirect=True)

@@ -85,6 +85,10 @@ def test_folder_contents(saved):
     parity = json.loads((folder / "parity.json").read_text())
     output = parity["outputs"][0]
     assert parity["passed"] and output["max_abs_diff"] <= output["tolerance"] and parity["tolerance_rule"] == RULE
+    # each call checked on Keras's inputs to it, but the Flatten (the twin flattens channels first for the Dense)
+    layers_checked = parity["layers"]
+    assert layers_checked["passed"] and layers_checked["samples"] == 4 and layers_checked["checked"] == 5
+    assert layers_checked["worst"]["max_abs_diff"] <= layers_checked["worst"]["tolerance"]
     assert set(parity["versions"]) >= {"keras", "tensorflow", "torch"}
     compile_config = json.loads((folder / "compile.json").read_text())
     assert compile_config["loss"] == "sparse_categorical_crossentropy"
@@ -252,6 +256,7 @@ def test_cli_parity_failure_exits_1(saved, tmp_path, monkeypatch):
     output = parity["outputs"][0]
     assert output["max_abs_diff"] > output["tolerance"] > 4 * output["twin_float32_error"]
     assert code == 1 and parity["passed"] is False
+    assert [(r["keras_path"], r["keras_class"]) for r in parity["layers"]["failed"]] == [("logits", "Dense")]
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):

@@ -319,6 +319,8 @@ def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
     twin = fx.GraphModule(root, g, class_name=graph["class_name"])
     twin.keras_name = graph["name"]
     twin.input_specs = graph["inputs"]
+    # graph.json value name -> the fx node computing it (fx renames a value that shadows a builtin: max -> max_1)
+    twin.node_names = {value: node.name for value, node in values.items()}
     # input name -> the Keras classes of the calls that read it directly (what data an input takes: ids, pixels)
     twin.input_readers = {spec["name"]: [node["keras_class"] for node in graph["nodes"]
                                          if spec["name"] in node["inputs"]] for spec in graph["inputs"]}
