@@ -231,8 +231,15 @@ def extract_graph(model) -> Extraction:
         ext.calls[id(call.layer)] = call
     ext.graph = dict(format=FORMAT, version=VERSION, name=model.name, class_name=python_name(
         _class_name(model.name), set()), layout=LAYOUT_RULE, inputs=inputs, modules=list(modules.values()),
-        nodes=nodes, outputs=outputs)
+        nodes=nodes, outputs=outputs, masked_outputs=masked_outputs(model, outputs))
     return ext
+
+
+def masked_outputs(model, names: list) -> list:
+    """The outputs (value names) that carry a Keras mask (Masking or Embedding(mask_zero=True) reaching them
+    through pass-through layers): Keras's ``fit`` weights their loss by it, which twin training does not."""
+    return [name for name, tensor in zip(names, functional_graph(model).outputs)
+            if getattr(tensor, "_keras_mask", None) is not None]
 
 
 def _class_name(name: str) -> str:

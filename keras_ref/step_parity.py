@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 
 from lightning_cnn.recipes.keras_compile import FinalActivationInput, KerasCompile  # noqa: E402
+from lightning_cnn.user_data.model_inputs import MASKED_OUTPUT  # noqa: E402
 
 from .convert import convert  # noqa: E402
 from .parity import ParityError  # noqa: E402
@@ -47,6 +48,8 @@ def _keras_objects(config: dict | None, compile_config: KerasCompile):
 def train_step_parity(keras_model, x_nhwc: np.ndarray, y: np.ndarray, steps: int, config: dict | None) -> dict:
     """Train ``steps`` steps on (x, y) on both sides; returns the largest |Δ| of any weight and where it is."""
     compile_config = KerasCompile.from_config(config)  # refuses what the twin cannot train, before any work
+    if any(getattr(t, "_keras_mask", None) is not None for t in keras_model.outputs):
+        raise ParityError(MASKED_OUTPUT)
     twin = convert(keras_model)
     twin.eval()
     params = [p for p in twin.parameters() if p.requires_grad]

@@ -224,3 +224,30 @@ def test_unmasked_recurrence_still_calls_the_module():
     ids = keras.Input((STEPS,), dtype="int32")
     twin = convert(keras.Model(ids, layers.LSTM(3, name="lstm")(layers.Embedding(VOCAB, 6)(ids))))
     assert "masked_rnn" not in twin.code and "self.lstm(" in twin.code
+
+
+def test_a_masked_output_converts_but_twin_training_is_refused(tmp_path):
+    """Masking on flat feature rows, then Dense: the output carries a per-sample mask, by which Keras's fit weights the
+    loss (a sample whose features all equal the mask value counts 0). Inference is Keras's (the Dense sees the same
+    zeroed rows); training the twin would count those samples, so the folder records the masked output and every
+    twin-training path refuses it in one line, as keras_ref.parity's training steps do."""
+    from keras_ref.step_parity import train_step_parity
+    from lightning_cnn.user_data import UserDataError
+    from lightning_cnn.user_data.model_inputs import MASKED_OUTPUT, ModelInputs
+
+    rows = keras.Input((5,), name="row")
+    model = keras.Model(rows, layers.Dense(3, activation="softmax", name="scores")(layers.Masking(name="mask")(rows)))
+    x = real_batch("mnist_cnn_small", 5)[0].reshape(5, -1)[:, 400:405].copy()  # pixels from the middle: ink
+    x[2] = 0.0  # a masked sample
+    folder = save_converted(model, tmp_path / "masked", inputs=x)
+    assert json.loads((folder / "graph.json").read_text())["masked_outputs"] == ["scores"]
+    assert json.loads((folder / "parity.json").read_text())["passed"]
+    twin = lightning_cnn.load_converted(folder)
+    assert twin.masked_outputs == ["scores"]
+    with pytest.raises(UserDataError, match="carries a Keras mask") as error:
+        ModelInputs.of_twin(twin)
+    assert str(error.value) == MASKED_OUTPUT and "\n" not in MASKED_OUTPUT
+    with pytest.raises(ParityError, match="carries a Keras mask"):
+        train_step_parity(model, x, np.array([0, 1, 2, 0, 1]), 1, None)
+    unmasked = keras.Model(rows, layers.Dense(3, name="scores")(rows))
+    assert lightning_cnn.load_converted(save_converted(unmasked, tmp_path / "plain", inputs=x)).masked_outputs == []

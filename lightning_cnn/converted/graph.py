@@ -4,7 +4,8 @@ pickle, no code read from the folder).
 graph.json (format ``lightning-cnn-graph``, version 2) is plain data: ``{"format", "version", "name",
 "class_name", "layout", "inputs": [{"name", "shape", "dtype"}], "modules": [{"name", "module": {"cls", "args",
 "kwargs", "frozen"}, "keras_class", "keras_path"}], "nodes": [{"name", "keras_class", "keras_path", "inputs":
-[value names], "steps": [...]}], "outputs": [value names]}``. A module is a stock ``torch.nn`` module (or a
+[value names], "steps": [...]}], "outputs": [value names], "masked_outputs": [the outputs that carry a Keras
+mask; optional]}``. A module is a stock ``torch.nn`` module (or a
 helper of ``lightning_cnn.nets.layers``) named after its Keras layer; a node is one Keras call, a chain of steps (see
 ``vocabulary``). Every name is looked up in ``vocabulary``'s allow-lists and every field is checked when read
 (``check_graph``), so a folder can only describe compositions of known modules and functions, of bounded size.
@@ -216,6 +217,9 @@ def check_graph(graph, where: str = "graph.json") -> dict:
     for i, value in enumerate(outputs):
         if not isinstance(value, str) or value not in values:
             c.fail(f"outputs[{i}]", f"{_short(value)} is not a computed value")
+    for i, value in enumerate(c.of_type("masked_outputs", graph.get("masked_outputs", []), list, "a list")):
+        if value not in outputs:
+            c.fail(f"masked_outputs[{i}]", f"{_short(value)} is not an output")
     return graph
 
 
@@ -319,6 +323,7 @@ def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
     twin = fx.GraphModule(root, g, class_name=graph["class_name"])
     twin.keras_name = graph["name"]
     twin.input_specs = graph["inputs"]
+    twin.masked_outputs = graph.get("masked_outputs", [])  # Keras weights their loss by the mask (not reproduced)
     # graph.json value name -> the fx node computing it (fx renames a value that shadows a builtin: max -> max_1)
     twin.node_names = {value: node.name for value, node in values.items()}
     # input name -> the Keras classes of the calls that read it directly (what data an input takes: ids, pixels)

@@ -126,4 +126,12 @@ def _output_width(twin: nn.Module, inputs: list[InputSpec]) -> int:
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         raise UserDataError("the model's output is not one vector of class scores per sample; training the twin "
                             "supports a single (batch, classes) output")
+    if getattr(twin, "masked_outputs", None):
+        raise UserDataError(MASKED_OUTPUT)
     return int(output.shape[1])
+
+
+MASKED_OUTPUT = ("the model's output carries a Keras mask (a Masking layer or Embedding(mask_zero=True) reaches it "
+                 "through pass-through layers): Keras's fit weights the loss of masked samples by 0, which training "
+                 "the twin does not reproduce; end the mask before the output (mask it into a recurrent layer, or "
+                 "drop the Masking layer) and convert again")
