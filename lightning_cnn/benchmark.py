@@ -272,16 +272,23 @@ def train_flops_per_image(spec) -> float:
     return 3.0 * counter.get_total_flops()
 
 
-def matmul_peak_gflops(dtype_name: str = "float32", device: str = "cpu", repeats: int = 20) -> float:
-    """The device's measured matmul rate (torch.mm; all CPU threads): the ceiling the GFLOP/s column is read against."""
+def matmul_peak_gflops(dtype_name: str = "float32", device: str = "cpu", repeats: int = 20,
+                       budget_s: float = 1.0) -> float:
+    """The device's measured matmul rate (torch.mm; all CPU threads): the ceiling the GFLOP/s column is read against.
+
+    At most ``repeats`` timed products, fewer where one takes long (bf16 on a CPU without bf16 units: ~2-4 s for
+    one 1024-square product) so that the timed part stays near ``budget_s``."""
     import torch
 
     device = torch.device(device)
     n = 1024 if device.type == "cpu" else 8192
     dtype = getattr(torch, dtype_name)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    for _ in range(3):
-        torch.mm(a, b)
+    torch.mm(a, b)  # warm-up: kernel selection, first-touch of the output
+    start = stamp(device)
+    torch.mm(a, b)
+    once = stamp(device) - start
+    repeats = max(1, min(repeats, int(budget_s / max(once, 1e-9))))
     start = stamp(device)
     for _ in range(repeats):
         torch.mm(a, b)
