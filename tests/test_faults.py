@@ -568,6 +568,9 @@ from lightning_cnn.errors import exit_on_user_error
 from lightning_cnn.run.training import RunConfig, fit_and_test
 from lightning_cnn.speed.cpu_tuning import retaining_freed_memory
 import lightning  # what importing lightning sets is not the run's doing
+# A terminal's Ctrl-C: Python's own handler, even where this process was started with SIGINT ignored (a pytest-xdist
+# worker ignores it, and a child inherits that: Python then installs no KeyboardInterrupt handler at all).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 config = json.loads(sys.argv[1])
 state = lambda: (dict(os.environ), signal.getsignal(signal.SIGINT), torch.get_num_threads(), retaining_freed_memory())
 before = state()
