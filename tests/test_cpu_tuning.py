@@ -3,6 +3,7 @@ both are put back when the run ends, normally or by an exception."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -17,13 +18,17 @@ from lightning_cnn.speed.cpu_tuning import NVML_CUDA_CHECK, retaining_freed_memo
 
 # A training step's pattern: activations of several sizes are allocated, filled and freed, step after step; one
 # (40 MiB) is over the 32 MiB up to which glibc's own heuristics ever reuse memory. Each probe is a fresh process,
-# since the setting is process-wide, and prints the page faults of 20 such steps (count_page_faults).
-AFTER = "from tests.test_cpu_tuning import count_page_faults\n{setup}\nprint(count_page_faults())"
-FIT_ONE_CPU_STEP = "from tests.test_cpu_tuning import fit_one_cpu_step\nfit_one_cpu_step()"
-DURING_A_CPU_RUN = """from tests.test_cpu_tuning import Probe, count_page_faults, fit_one_cpu_step
+# since the setting is process-wide, and prints the page faults of 20 such steps (count_page_faults) before and
+# after a change: glibc's default then the setting applied; during a CPU run then after it.
+APPLIED = """from tests.test_cpu_tuning import count_page_faults
+from lightning_cnn.speed.cpu_tuning import retain_freed_memory
+default = count_page_faults()
+assert retain_freed_memory()
+print(default, count_page_faults())"""
+DURING_THEN_AFTER_A_CPU_RUN = """from tests.test_cpu_tuning import Probe, count_page_faults, fit_one_cpu_step
 faults = []
 fit_one_cpu_step(Probe(lambda: faults.append(count_page_faults())))
-print(faults[0])"""
+print(faults[0], count_page_faults())"""
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -70,21 +75,21 @@ def fit_one_cpu_step(*callbacks):
               enable_model_summary=False, callbacks=[*Speed().trainer_callbacks("cpu"), *callbacks]).fit(Tiny(), data)
 
 
-def page_faults(code: str) -> int:
+def page_faults(code: str) -> tuple[int, int]:
+    """The two counts a probe prints, from a process of its own."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
-    return int(done.stdout.split()[-1])
+    first, second = done.stdout.split()[-2:]
+    return int(first), int(second)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_freed_activations_are_reused_without_page_faults():
     pages = 20 * 40 * 2**20 // 4096  # what 20 fresh 40 MiB buffers fault in: 204,800 pages of 4 KiB
-    default = page_faults(AFTER.format(setup=""))
-    applied = page_faults(AFTER.format(setup="from lightning_cnn.speed.cpu_tuning import retain_freed_memory\n"
-                                             "assert retain_freed_memory()"))
-    during_a_run = page_faults(DURING_A_CPU_RUN)
-    after_a_run = page_faults(AFTER.format(setup=FIT_ONE_CPU_STEP))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # each count is its own process's (RUSAGE_SELF)
+        probes = pool.map(page_faults, [APPLIED, DURING_THEN_AFTER_A_CPU_RUN])
+        (default, applied), (during_a_run, after_a_run) = probes
     # glibc's default maps and unmaps the large buffer every step: each of its pages faults again (the probe can tell).
     assert default > 0.9 * pages, default
     # Retained: the same memory is reused; a few hundred faults of slack for the interpreter's own allocations.
