@@ -100,6 +100,21 @@ def test_keras_weight_decay_is_decoupled_and_applied_before_the_step():
     assert torch.allclose(weight.detach(), torch.tensor([0.95, -1.9]), rtol=0, atol=1e-7)  # float32 rounding
 
 
+def test_keras_weight_decay_is_applied_once_after_a_plain_adam_existed():
+    """torch wraps an optimizer class's step() in its hook runner when the first instance is made: once a plain
+    Adam existed in the process, a KerasAdam whose step() called super().step() ran each step hook twice (decay
+    0.9025 instead of 0.95; the parity tests saw AdamW off Keras by 3e-4 in one test order)."""
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # wraps torch.optim.Adam.step for the rest of the process
+    weight = nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = make_keras_optimizer([weight], _optimizer("AdamW", learning_rate=0.1, weight_decay=0.5))
+    post_hooks = []
+    optimizer.register_step_post_hook(lambda *args: post_hooks.append(1))
+    weight.grad = torch.zeros(2)
+    optimizer.step()
+    assert torch.allclose(weight.detach(), torch.tensor([0.95, -1.9]), rtol=0, atol=1e-7)
+    assert len(post_hooks) == 1 and optimizer.param_groups[0]["keras_step"] == 1
+
+
 def test_keras_nesterov_sgd_formula():
     """Keras: v = m*v - lr*g; w += m*v - lr*g. Two steps with gradient 1 from w = 0, m = 0.9, lr = 0.1:
     v1 = -0.1, w1 = -0.09 - 0.1 = -0.19; v2 = -0.19, w2 = -0.19 - 0.171 - 0.1 = -0.461."""

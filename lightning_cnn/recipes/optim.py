@@ -40,19 +40,22 @@ class KerasAdam(torch.optim.Adam):
         for group in self.param_groups:
             group.setdefault("keras_eps", eps)
         self._unsettled_found_inf = None
+        # A step pre-hook rather than an overridden step() calling super().step(): torch wraps each optimizer class's
+        # step() in its hook runner once an instance exists, so after any plain Adam in the process an override's
+        # super().step() ran every step hook twice (Keras's weight decay applied twice a step).
+        self.register_step_pre_hook(KerasAdam._keras_epsilon)
 
-    @torch.no_grad()
-    def step(self, closure=None):
+    @staticmethod
+    def _keras_epsilon(optimizer, args, kwargs):
         # The step count lives in the param group as a Python int (saved with the optimizer's state): reading it back
         # from torch's per-parameter step tensors would cost a device sync per step on CUDA.
-        self._settle_skipped_step()
-        for group in self.param_groups:
+        optimizer._settle_skipped_step()
+        for group in optimizer.param_groups:
             group["keras_step"] = group.get("keras_step", 0) + 1
             group["eps"] = group["keras_eps"] / math.sqrt(1 - group["betas"][1] ** group["keras_step"])
         # Under float16 loss scaling, torch's GradScaler hands the fused kernel its inf/NaN flag as ``found_inf``;
         # the kernel then skips the update (and un-counts its own step tensors), as Keras's LossScaleOptimizer does.
-        self._unsettled_found_inf = getattr(self, "found_inf", None)
-        return super().step(closure)
+        optimizer._unsettled_found_inf = getattr(optimizer, "found_inf", None)
 
     def _settle_skipped_step(self):
         """Un-counts the last step if the fused kernel skipped it. Read one step late: by then the flag has long been
