@@ -176,7 +176,8 @@ def worker(args) -> dict:
     from .convert import convert, to_twin_input
 
     result = {"threads": args.threads, "torch": torch.__version__, "keras": keras.__version__,
-              "tensorflow": tf.__version__, "inference": [], "training": []}
+              "tensorflow": tf.__version__, "inference": [], "training": [],
+              "load_average": [os.getloadavg()[0], None], "utc": [time.strftime("%Y-%m-%d %H:%M", time.gmtime()), None]}
     for name in args.models:
         builder, kwargs, size = SIZES[name]
         keras.utils.set_random_seed(0)
@@ -204,8 +205,18 @@ def worker(args) -> dict:
             record = training(name, model, twin, args.train_steps, args.rounds, size, args.data_dir)
             record["size"] = size
             result["training"].append(record)
+        result["load_average"][1] = os.getloadavg()[0]
+        result["utc"][1] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         print("PARTIAL " + json.dumps(result), flush=True)  # the parent writes the report after every model
     return result
+
+
+def _load_note(result: dict) -> str:
+    load = result.get("load_average")
+    where = f"{result['threads']} thread(s)"
+    if not load:
+        return f"{where}: not recorded"
+    return f"{where}: {load[0]:.2f} -> {load[1]:.2f} ({result['utc'][0]} to {result['utc'][1]} UTC)"
 
 
 def render(results: list[dict], command: str, machine: str) -> str:
@@ -213,8 +224,9 @@ def render(results: list[dict], command: str, machine: str) -> str:
              f"Command: `{command}`  ", f"Machine: {machine}; torch {results[0]['torch']}, keras "
              f"{results[0]['keras']}, tensorflow {results[0]['tensorflow']}", "",
              "Each ratio is the median over rounds of the ratio between calls made back to back in one process "
-             "(see keras_ref/bench_twins.py); the machine was shared with other jobs while this ran, so absolute "
-             "images/s carry that noise, ratios much less.", "",
+             "(see keras_ref/bench_twins.py): absolute images/s carry the machine's noise, ratios much less. "
+             "The machine's 1-minute load average (other jobs included) at the start and end of each thread "
+             "count's run: " + "; ".join(_load_note(r) for r in results) + ".", "",
              "## Inference (images/s; ratio to Keras `predict_on_batch`)", "",
              "| model | input | threads | batch | Keras | twin | model.py | prepared | prepared model.py | twin / K "
              "| model.py / K | prepared / K | prepared model.py / K |",
