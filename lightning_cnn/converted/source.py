@@ -78,17 +78,22 @@ def _uses_x_twice(step: dict) -> bool:
     return sum(1 for a in step.get("args", []) if is_ref(a) and a["$"] == "x") > 1
 
 
-def _variable_names(graph: dict) -> tuple[dict, str]:
+def _readers(graph: dict) -> dict:
+    """Each value's name -> the indices of the nodes that read it, in order."""
+    readers = {}
+    for i, node in enumerate(graph["nodes"]):
+        for name in dict.fromkeys(node["inputs"]):
+            readers.setdefault(name, []).append(i)
+    return readers
+
+
+def _variable_names(graph: dict, readers: dict) -> tuple[dict, str]:
     """Each node's output variable, and the one name that carries a chain. A node's output read only by the next
     node is written into the chain's variable (``x = self.conv1_bn(x)``, as hand-written code does): each such
     tensor is freed as soon as the next statement has run, and the layer's name stays on its module or comment."""
     taken = {spec["name"] for spec in graph["inputs"]} | {node["name"] for node in graph["nodes"]}
     chain = next(name for name in ("x", "h", "y", "z", *(f"x{i}" for i in range(len(taken) + 1)))
                  if name not in taken)
-    readers = {}
-    for i, node in enumerate(graph["nodes"]):
-        for name in set(node["inputs"]):
-            readers.setdefault(name, []).append(i)
     names = {}
     for i, node in enumerate(graph["nodes"]):
         chained = (node["name"] not in graph["outputs"] and readers.get(node["name"]) == [i + 1]
@@ -101,11 +106,9 @@ def _forward_lines(graph: dict) -> list:
     """``forward``'s statements: one per Keras call, then ``del`` of the named tensors it read for the last time
     (as the twin's fx graph frees them: holding every activation to the end made model.py 0.55-0.7x the twin's
     images/s at batch 8-32 on ResNet50)."""
-    names, chain = _variable_names(graph)
-    last_read = {}
-    for i, node in enumerate(graph["nodes"]):
-        for name in node["inputs"]:
-            last_read[name] = i
+    readers = _readers(graph)
+    names, chain = _variable_names(graph, readers)
+    last_read = {name: indices[-1] for name, indices in readers.items()}
     inputs = {spec["name"] for spec in graph["inputs"]}
     lines = []
     for i, node in enumerate(graph["nodes"]):
@@ -127,7 +130,7 @@ def _forward_lines(graph: dict) -> list:
         lines.append(f"{variable} = {current.text}{comment}")
         dead = [name for name in dict.fromkeys(node["inputs"]) if last_read[name] == i and names.get(name) != chain
                 and name not in inputs and name not in graph["outputs"]]
-        if node["name"] not in last_read and variable != chain and node["name"] not in graph["outputs"]:
+        if node["name"] not in last_read and node["name"] not in graph["outputs"]:
             dead.append(node["name"])  # read by nothing: a layer's unused output
         if dead:
             lines.append(f"del {', '.join(dead)}")
