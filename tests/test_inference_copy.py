@@ -2,7 +2,7 @@
 
 TF-free: small stock-module networks with every pattern the rewrite fuses (conv -> BN -> activation, conv -> BN
 -> residual add -> ReLU, a lone BN -> ReLU after a concatenation, symmetric zero padding taken into the conv,
-depthwise conv -> relu6, silu; 1x1 convolutions as one matrix product; a repeated ReLU or pooling of one tensor
+depthwise conv -> relu6, silu; Dense -> ReLU; 1x1 convolutions as one matrix product; a repeated ReLU or pooling of one tensor
 run once) and a documented model. Tolerance: max |copy - network| <= 1e-5 x the largest
 |output| (float32: folding BN and fusing post-ops only changes rounding, ~1e-7 relative per layer; a wrong fold,
 padding or layout is O(1)). The acceptance models are checked against Keras in parity_tests.
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lightning_cnn.converted import prepare_for_inference
-from lightning_cnn.converted.inference import OneDNNConv2d, ScaleShift
+from lightning_cnn.converted.inference import OneDNNConv2d, OneDNNLinear, ScaleShift
 from lightning_cnn.speed import Speed
 
 RTOL = 1e-5  # relative to the largest |output|; see the module docstring
@@ -38,6 +38,7 @@ class Patterns(nn.Module):
         self.project_bn = nn.BatchNorm2d(8)
         self.concat_bn = nn.BatchNorm2d(16)
         self.expand = nn.Conv2d(16, 12, 3, padding=1)
+        self.hidden = nn.Linear(12, 12)
         self.head = nn.Linear(12, 5)
 
     def forward(self, x):
@@ -46,7 +47,7 @@ class Patterns(nn.Module):
         x = torch.relu(self.project_bn(self.project(y)) + x)
         x = torch.relu(self.concat_bn(torch.cat([x, y], 1)))
         x = F.silu(self.expand(x))
-        return self.head(x.mean((2, 3)))
+        return self.head(torch.relu(self.hidden(x.mean((2, 3)))))
 
 
 def _randomized(model: nn.Module) -> nn.Module:
@@ -74,7 +75,8 @@ def twin():
 def test_every_pattern_is_fused_and_matches(twin):
     fast = prepare_for_inference(twin)
     modules = list(fast.modules())
-    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ZeroPad2d)) for m in modules)
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ZeroPad2d, nn.Linear)) for m in modules)
+    assert sorted(m.post_op[0] for m in modules if isinstance(m, OneDNNLinear)) == ["none", "relu"]
     convs = [m for m in modules if isinstance(m, OneDNNConv2d)]
     post_ops = sorted((m.add, m.post_op[0]) for m in convs)
     assert post_ops == [(False, "hardtanh"), (False, "relu"), (False, "swish"), (True, "relu")]
@@ -139,7 +141,8 @@ class Branches(nn.Module):
 
 def test_repeated_calls_shared_and_1x1_as_matmul():
     """The repeated ReLU and the repeated pooling (same settings) run once, the pooling with other settings
-    stays; stride-1 unpadded 1x1 convolutions are one addmm with their post-op; the others stay oneDNN calls."""
+    stays; stride-1 unpadded 1x1 convolutions are one oneDNN linear call with their post-op (or residual add then
+    post-op); the others stay oneDNN convolutions."""
     from lightning_cnn.converted.inference import Conv1x1AsMatmul
 
     model = _randomized(fx.symbolic_trace(Branches()))
@@ -151,10 +154,16 @@ def test_repeated_calls_shared_and_1x1_as_matmul():
     assert matmuls == [(False, "hardtanh"), (False, "swish"), (True, "none")]
     assert sum(type(m) is OneDNNConv2d for m in fast.modules()) == 3  # stem, strided, padded
     x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
-    for matmul_below in (Conv1x1AsMatmul.MATMUL_BELOW, 0):  # 0: the oneDNN call that larger products take
-        for m in fast.modules():
-            if isinstance(m, Conv1x1AsMatmul):
-                m.MATMUL_BELOW = matmul_below
-        with torch.inference_mode():
-            for expected, got in zip(model(x), fast(x)):
-                assert_close(expected, got)
+    with torch.inference_mode():
+        for expected, got in zip(model(x), fast(x)):
+            assert_close(expected, got)
+
+
+def test_dense_on_a_sequence_acts_on_the_last_axis():
+    """Keras's Dense on a rank-3 input (a sequence model's head) applies to the last axis; so does its copy."""
+    dense = _randomized(nn.Linear(6, 4))
+    fast = OneDNNLinear(dense, ("relu", [], ""))
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        assert_close(torch.relu(dense(x)), fast(x))
+    assert fast(x).shape == (2, 3, 4)

@@ -9,9 +9,10 @@ graph what grappler does: each 2-D convolution becomes one ``OneDNNConv2d`` call
 into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the
 activation and the residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken
 into the kernel's own padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the
-first convolution on. A small 1x1 convolution runs as one matrix product instead (``Conv1x1AsMatmul``: oneDNN's
-per-call set-up costs more than such a product), and an activation, padding or pooling the twin repeats on the same
-tensor runs once.
+first convolution on. A stride-1 1x1 convolution runs as one oneDNN matrix product instead (``Conv1x1AsMatmul``:
+oneDNN's convolution set-up costs more than a small product), a Dense layer and its activation one oneDNN linear
+call (``OneDNNLinear``), and an activation, padding or pooling the twin
+repeats on the same tensor runs once.
 A BN that cannot be folded (after a concatenation, DenseNet's pre-activation BN) becomes one multiply-add, with
 the ReLU after it done in place.
 
@@ -194,13 +195,11 @@ _IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
 
 class Conv1x1AsMatmul(OneDNNConv2d):
     """A 1x1, stride-1, unpadded, ungrouped convolution on channels-last input, which is one matrix product
-    (N*H*W, C_in) x (C_in, C_out) + bias: for small products one ``addmm`` then the post-ops in place, for
-    larger ones (``MATMUL_BELOW`` multiply-adds and up) the oneDNN call. oneDNN's convolution call has a fixed
-    cost of ~60-100 us here (it makes its primitive descriptor again each call), as much as the product itself
-    on NASNetMobile's 72x176 by 176x176 pointwise convolutions (231 us against 111 us for ``addmm``, 1 thread);
-    from ~10^7 multiply-adds on the two took the same time (ResNet50's 4608x256 by 256x64: 617 us and 619 us)."""
-
-    MATMUL_BELOW = 2 ** 25
+    (N*H*W, C_in) x (C_in, C_out) + bias: one call of oneDNN's fused linear (``mkldnn._linear_pointwise``) with the
+    post-op, or with the residual add and then the post-op in place. oneDNN's convolution call costs ~60-100 us more
+    (it makes its primitive descriptor again each call), as much as the product itself on NASNetMobile's 72x176 by
+    176x176 pointwise convolutions; ``torch.mm`` goes to MKL, whose fp32 GEMM runs AVX2 code on AMD CPUs: 105-112
+    GFLOP/s against oneDNN's 150-250 on this AVX-512 EPYC (1 thread, products from 72x176x176 to 2304x512x512)."""
 
     @staticmethod
     def takes(spec: _ConvSpec) -> bool:
@@ -209,19 +208,40 @@ class Conv1x1AsMatmul(OneDNNConv2d):
 
     def forward(self, x, other=None):
         n, _, h, w = x.shape
-        if n * h * w * self.weight.shape[0] * self.weight.shape[1] >= self.MATMUL_BELOW:
-            return super().forward(x, other)
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)  # a view of channels-last input, a copy otherwise
-        weight = self.weight.view(self.weight.shape[0], -1).t()
-        y = torch.mm(rows, weight) if self.bias is None else torch.addmm(self.bias, rows, weight)
-        if other is not None:
-            y.add_(other.permute(0, 2, 3, 1).reshape(y.shape))
-        y = _IN_PLACE[self.post_op[0]](y, self.post_op[1])
+        rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, -1)
+        matrix = self.weight.view(self.weight.shape[0], -1)
+        attr, scalars, algorithm = self.post_op
+        if other is None:
+            y = torch.ops.mkldnn._linear_pointwise(rows, matrix, self.bias, attr, scalars, algorithm)
+        else:
+            other = other.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, -1)
+            y = _IN_PLACE[attr](torch.ops.mkldnn._linear_pointwise.binary(rows, other, matrix, self.bias, "add"),
+                                scalars)
         return y.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def _fused_conv(spec: _ConvSpec, add: bool = False) -> OneDNNConv2d:
     return (Conv1x1AsMatmul if Conv1x1AsMatmul.takes(spec) else OneDNNConv2d)(spec, add)
+
+
+class OneDNNLinear(nn.Module):
+    """A Dense layer (nn.Linear) and the activation after it as one oneDNN fused linear call, on the last axis of
+    an input of any rank: MKL's fp32 GEMM behind ``F.linear`` runs AVX2 code on AMD CPUs (``Conv1x1AsMatmul``)."""
+
+    def __init__(self, linear: nn.Linear, post_op: tuple):
+        super().__init__()
+        self.register_buffer("weight", linear.weight.detach().contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().contiguous())
+        self.post_op = post_op
+
+    def forward(self, x):
+        attr, scalars, algorithm = self.post_op
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias, attr, scalars,
+                                               algorithm)
+        return y.view(*x.shape[:-1], -1)
+
+    def extra_repr(self):
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, post_op={self.post_op[0]}"
 
 
 class ScaleShift(nn.Module):
@@ -244,7 +264,7 @@ _STATELESS = (nn.ZeroPad2d, nn.ReLU, nn.AvgPool2d, nn.MaxPool2d)
 
 class _Rewriter:
     """Rewrites an eval-mode copy of a twin in place: 2-D convolutions into ``OneDNNConv2d``, the BNs left into
-    ``ScaleShift``. Each node is looked at once, in graph order."""
+    ``ScaleShift``, Dense layers into ``OneDNNLinear``. Each node is looked at once, in graph order."""
 
     def __init__(self, gm: fx.GraphModule):
         self.gm, self.graph = gm, gm.graph
@@ -346,6 +366,12 @@ class _Rewriter:
             self._absorb(after, node)
         self._replace(node, ScaleShift(scale, shift, relu), (node.args[0],))
 
+    def linear(self, node, linear: nn.Linear) -> None:
+        post_op = self._post_op(self._only_user(node))
+        if post_op is not None:
+            self._absorb(self._only_user(node), node)
+        self._replace(node, OneDNNLinear(linear, post_op or _NO_POST_OP), (node.args[0],))
+
     def share_repeated(self) -> None:
         """One call where the twin repeats the same activation, zero padding or pooling of the same tensor:
         NASNetMobile's separable-conv branches each start with their own ReLU of the cell's input (64 of its 112
@@ -377,6 +403,8 @@ class _Rewriter:
                 self.conv(node, spec)
             elif type(module) is nn.BatchNorm2d and module.track_running_stats:
                 self.lone_bn(node, module)
+            elif type(module) is nn.Linear and module.weight.dim() == 2:
+                self.linear(node, module)
         self.graph.eliminate_dead_code()
         self.graph.lint()
         self.gm.delete_all_unused_submodules()
