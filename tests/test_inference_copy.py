@@ -139,10 +139,11 @@ class Branches(nn.Module):
         return torch.cat([a, b, c], 1), self.strided(torch.relu(a)), self.padded(b)
 
 
-def test_repeated_calls_shared_and_1x1_as_matmul():
+def test_repeated_calls_shared_and_1x1_as_matmul(monkeypatch):
     """The repeated ReLU and the repeated pooling (same settings) run once, the pooling with other settings
-    stays; stride-1 unpadded 1x1 convolutions are one oneDNN linear call with their post-op (or residual add then
-    post-op); the others stay oneDNN convolutions."""
+    stays; stride-1 unpadded 1x1 convolutions are one matrix product (addmm when small, oneDNN's linear otherwise)
+    with their post-op (or residual add then post-op); the others stay oneDNN convolutions."""
+    from lightning_cnn.converted import inference
     from lightning_cnn.converted.inference import Conv1x1AsMatmul
 
     model = _randomized(fx.symbolic_trace(Branches()))
@@ -154,13 +155,20 @@ def test_repeated_calls_shared_and_1x1_as_matmul():
     assert matmuls == [(False, "hardtanh"), (False, "swish"), (True, "none")]
     assert sum(type(m) is OneDNNConv2d for m in fast.modules()) == 3  # stem, strided, padded
     x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
-        for expected, got in zip(model(x), fast(x)):
-            assert_close(expected, got)
+    for matmul_below in (inference.MATMUL_BELOW, 0):  # addmm for these small products; 0: oneDNN's linear
+        monkeypatch.setattr(inference, "MATMUL_BELOW", matmul_below)
+        with torch.inference_mode():
+            for expected, got in zip(model(x), fast(x)):
+                assert_close(expected, got)
 
 
-def test_dense_on_a_sequence_acts_on_the_last_axis():
+@pytest.mark.parametrize("matmul_below", [None, 0])  # None: addmm (a small product); 0: oneDNN's linear
+def test_dense_on_a_sequence_acts_on_the_last_axis(monkeypatch, matmul_below):
     """Keras's Dense on a rank-3 input (a sequence model's head) applies to the last axis; so does its copy."""
+    from lightning_cnn.converted import inference
+
+    if matmul_below is not None:
+        monkeypatch.setattr(inference, "MATMUL_BELOW", matmul_below)
     dense = _randomized(nn.Linear(6, 4))
     fast = OneDNNLinear(dense, ("relu", [], ""))
     x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(4))

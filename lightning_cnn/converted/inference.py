@@ -193,13 +193,29 @@ _IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
              "hardswish": lambda y, scalars: F.hardswish(y, inplace=True), "gelu": lambda y, scalars: F.gelu(y)}
 
 
+MATMUL_BELOW = 2 ** 20
+
+
+def fused_matmul(rows: torch.Tensor, matrix: torch.Tensor, bias, post_op: tuple, other=None) -> torch.Tensor:
+    """``post_op(rows @ matrix.T + bias [+ other])`` for 2-D float32 CPU tensors. From ``MATMUL_BELOW``
+    multiply-adds up, one call of oneDNN's fused linear (``mkldnn._linear_pointwise``; with ``other``, the add fused
+    and the post-op in place): ``torch.mm``/``F.linear`` go to MKL, whose fp32 GEMM runs AVX2 code on AMD CPUs
+    (105-112 GFLOP/s against oneDNN's 150-250 on this AVX-512 EPYC, 1 thread). Below it ``addmm`` then the post-ops
+    in place: oneDNN's call has a fixed cost of ~15 us (9x176 by 176x176: 11 us against 19 us; even at ~10^6)."""
+    attr, scalars, algorithm = post_op
+    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MATMUL_BELOW:
+        y = torch.mm(rows, matrix.t()) if bias is None else torch.addmm(bias, rows, matrix.t())
+        return _IN_PLACE[attr](y if other is None else y.add_(other), scalars)
+    if other is None:
+        return torch.ops.mkldnn._linear_pointwise(rows, matrix, bias, attr, scalars, algorithm)
+    return _IN_PLACE[attr](torch.ops.mkldnn._linear_pointwise.binary(rows, other, matrix, bias, "add"), scalars)
+
+
 class Conv1x1AsMatmul(OneDNNConv2d):
     """A 1x1, stride-1, unpadded, ungrouped convolution on channels-last input, which is one matrix product
-    (N*H*W, C_in) x (C_in, C_out) + bias: one call of oneDNN's fused linear (``mkldnn._linear_pointwise``) with the
-    post-op, or with the residual add and then the post-op in place. oneDNN's convolution call costs ~60-100 us more
-    (it makes its primitive descriptor again each call), as much as the product itself on NASNetMobile's 72x176 by
-    176x176 pointwise convolutions; ``torch.mm`` goes to MKL, whose fp32 GEMM runs AVX2 code on AMD CPUs: 105-112
-    GFLOP/s against oneDNN's 150-250 on this AVX-512 EPYC (1 thread, products from 72x176x176 to 2304x512x512)."""
+    (N*H*W, C_in) x (C_in, C_out) + bias (``fused_matmul``): oneDNN's convolution call costs ~60-100 us more than
+    its linear call (it makes its primitive descriptor again each call), as much as the product itself on
+    NASNetMobile's 72x176 by 176x176 pointwise convolutions."""
 
     @staticmethod
     def takes(spec: _ConvSpec) -> bool:
@@ -209,14 +225,9 @@ class Conv1x1AsMatmul(OneDNNConv2d):
     def forward(self, x, other=None):
         n, _, h, w = x.shape
         rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, -1)
-        matrix = self.weight.view(self.weight.shape[0], -1)
-        attr, scalars, algorithm = self.post_op
-        if other is None:
-            y = torch.ops.mkldnn._linear_pointwise(rows, matrix, self.bias, attr, scalars, algorithm)
-        else:
+        if other is not None:
             other = other.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, -1)
-            y = _IN_PLACE[attr](torch.ops.mkldnn._linear_pointwise.binary(rows, other, matrix, self.bias, "add"),
-                                scalars)
+        y = fused_matmul(rows, self.weight.view(self.weight.shape[0], -1), self.bias, self.post_op, other)
         return y.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -225,8 +236,8 @@ def _fused_conv(spec: _ConvSpec, add: bool = False) -> OneDNNConv2d:
 
 
 class OneDNNLinear(nn.Module):
-    """A Dense layer (nn.Linear) and the activation after it as one oneDNN fused linear call, on the last axis of
-    an input of any rank: MKL's fp32 GEMM behind ``F.linear`` runs AVX2 code on AMD CPUs (``Conv1x1AsMatmul``)."""
+    """A Dense layer (nn.Linear) and the activation after it as one ``fused_matmul`` on the last axis of an input
+    of any rank."""
 
     def __init__(self, linear: nn.Linear, post_op: tuple):
         super().__init__()
@@ -235,9 +246,7 @@ class OneDNNLinear(nn.Module):
         self.post_op = post_op
 
     def forward(self, x):
-        attr, scalars, algorithm = self.post_op
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias, attr, scalars,
-                                               algorithm)
+        y = fused_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.bias, self.post_op)
         return y.view(*x.shape[:-1], -1)
 
     def extra_repr(self):
