@@ -12,7 +12,9 @@ chaotic, NASNetMobile's outputs ~1e-20), at CPU-sized inputs (``SIZES``).
   prepared copy (``lightning_cnn.converted.prepare_for_inference``), each torch call under
   ``torch.inference_mode``, at each batch size; one warm-up call each, then ``--rounds`` rounds calling all of
   them back to back. A ratio is the median over rounds of that round's ratio (a shared machine's speed drifts, so
-  only calls made back to back are compared).
+  only calls made back to back are compared). The calls run inside ``freed_memory_retained()``, as
+  ``lightning-cnn-predict``'s do (``Speed.cpu_tuning``): glibc keeps freed memory, as TensorFlow's own allocator
+  does for Keras, instead of re-faulting every large activation (Keras measured unchanged by it).
 - Training at batch 32 on real CIFAR-10 training images (resized, bilinear): Keras ``fit`` (Adam, sparse
   categorical cross-entropy) against the twin trained by the project's ``CompiledTwinModule`` with the same
   compile config under ``lightning_cnn.run.training.make_trainer``; images/s is 32 over the median step time, from
@@ -171,6 +173,7 @@ def worker(args) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     from lightning_cnn.converted import prepare_for_inference
+    from lightning_cnn.speed.cpu_tuning import freed_memory_retained
 
     from .compare import calibrate_batchnorm, model_py, randomize, real_images
     from .convert import convert, to_twin_input
@@ -197,8 +200,9 @@ def worker(args) -> dict:
         print(f"{name} ({size}x{size}, {args.threads} thread(s)): largest |output| {np.abs(expected).max():.1e}, "
               "max |diff| vs Keras " +
               ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
-        for record in inference(name, model, twin, variants, args.batches if args.infer else [], args.rounds,
-                                images):
+        with freed_memory_retained():  # as lightning-cnn-predict runs; TensorFlow pools its own memory anyway
+            records = inference(name, model, twin, variants, args.batches if args.infer else [], args.rounds, images)
+        for record in records:
             record.update(size=size, max_abs_diff=diffs)
             result["inference"].append(record)
         if args.train:

@@ -7,6 +7,7 @@ MNIST models (inverted when the background is light, since MNIST digits are whit
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from .data import preprocess
 from .errors import CheckpointError
 from .nets.models import build_model
 from .specs import ModelSpec, UnknownModelError, get_spec, list_models
+from .speed.cpu_tuning import freed_memory_retained
 
 TWIN_CHECKPOINT_KEY = "keras_model"  # in a --keras-model twin's checkpoints: the Keras model it was trained from
 
@@ -143,13 +145,15 @@ def predict_proba(model: nn.Module, spec: ModelSpec, images_uint8: np.ndarray, b
     """Softmax probabilities (N, classes) for uint8 images in the dataset's layout, computed in eval mode on the
     model's device, ``batch_size`` images at a time (so a whole test set never sits in memory as floats).
     ``speed`` (a ``lightning_cnn.speed.Speed``): run ``speed.inference_model(model)`` instead (lightning-cnn-predict
-    passes ``Speed()``: the oneDNN inference copy on a CPU); None, as reported results do: ``model`` itself."""
+    passes ``Speed()``: the oneDNN inference copy on a CPU, run with freed memory retained, ``cpu_tuning``); None,
+    as reported results do: ``model`` itself."""
     device = next(model.parameters()).device
     model = model.eval() if speed is None else speed.inference_model(model.eval())
     chunks = []
-    for start in range(0, len(images_uint8), batch_size):
-        x = preprocess(images_uint8[start:start + batch_size], spec.preprocessing)
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
-        with torch.inference_mode():
-            chunks.append(torch.softmax(model(x).float(), dim=1).cpu())
+    with freed_memory_retained() if speed is not None and speed.cpu_tuning and device.type == "cpu" else nullcontext():
+        for start in range(0, len(images_uint8), batch_size):
+            x = preprocess(images_uint8[start:start + batch_size], spec.preprocessing)
+            x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+            with torch.inference_mode():
+                chunks.append(torch.softmax(model(x).float(), dim=1).cpu())
     return torch.cat(chunks).numpy()

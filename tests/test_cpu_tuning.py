@@ -33,6 +33,19 @@ DURING_THEN_AFTER_A_CPU_RUN = """from tests.test_cpu_tuning import Probe, count_
 faults = []
 fit_one_cpu_step(Probe(lambda: faults.append(count_page_faults())))
 print(faults[0], count_page_faults(mib=(96,)))"""
+# A prediction loop inside ``freed_memory_retained()`` (as lightning-cnn-predict runs), then after it; and a block
+# entered while the setting was already held leaves it held.
+IN_A_PREDICTION_BLOCK_THEN_AFTER = """from tests.test_cpu_tuning import count_page_faults
+from lightning_cnn.speed.cpu_tuning import freed_memory_retained, retain_freed_memory, retaining_freed_memory
+with freed_memory_retained():
+    during = count_page_faults()
+assert not retaining_freed_memory()
+after = count_page_faults(mib=(96,))
+assert retain_freed_memory()
+with freed_memory_retained():
+    pass
+assert retaining_freed_memory()
+print(during, after)"""
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -101,6 +114,13 @@ def test_freed_activations_are_reused_without_page_faults():
     assert during_a_run < 0.01 * pages, during_a_run
     # glibc's default is back once the run is over: the 96 MiB buffer is mapped and unmapped again every step.
     assert after_a_run > 0.9 * 20 * 96 * 2**20 // 4096, after_a_run
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_a_prediction_block_holds_the_setting_only_while_it_runs():
+    during, after = page_faults(IN_A_PREDICTION_BLOCK_THEN_AFTER)
+    assert during < 0.01 * 20 * 40 * 2**20 // 4096, during  # as in the test above
+    assert after > 0.9 * 20 * 96 * 2**20 // 4096, after
 
 
 def test_cuda_is_not_reprobed_during_a_cpu_run_and_lightnings_setting_comes_back():

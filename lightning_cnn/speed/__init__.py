@@ -25,7 +25,9 @@ class Speed:
       and convolve faster.
     - ``fused_optimizers``: torch's one-kernel Adam and SGD on CPU too (torch picks them by itself on CUDA only).
     - ``cpu_tuning``: on a CPU run, glibc keeps freed memory and torch checks for CUDA once
-      (``speed/cpu_tuning.py``); put back when the run ends, by teardown or exception.
+      (``speed/cpu_tuning.py``); put back when the run ends, by teardown or exception. Predictions on the CPU
+      (``predict_proba`` with a ``speed``, so ``lightning-cnn-predict``) keep freed memory while they run
+      (``freed_memory_retained``).
     - ``inference_copy``: prediction (``lightning-cnn-predict``, ``load_converted(..., for_inference=True)``) runs
       the oneDNN inference copy of the network (``lightning_cnn.converted.prepare_for_inference``: BN folded,
       convolutions fused with their activation and residual add), equal to ``forward`` to float32 rounding;
