@@ -15,6 +15,9 @@ chaotic, NASNetMobile's outputs ~1e-20), at CPU-sized inputs (``SIZES``).
   only calls made back to back are compared). The calls run inside ``freed_memory_retained()``, as
   ``lightning-cnn-predict``'s do (``Speed.cpu_tuning``): glibc keeps freed memory, as TensorFlow's own allocator
   does for Keras, instead of re-faulting every large activation (Keras measured unchanged by it).
+- Ceiling: each model's float32 operations per image (``gflop_per_image``) times Keras's images/s is Keras's
+  GFLOP/s; the fastest rate seen on this CPU in the run (``fastest_rate``) over it bounds what any float32 copy
+  could reach against Keras in that cell, and the report prints it beside the ratios.
 - Training at batch 32 on real CIFAR-10 training images (resized, bilinear): Keras ``fit`` (Adam, sparse
   categorical cross-entropy) against the twin trained by the project's ``CompiledTwinModule`` with the same
   compile config under ``lightning_cnn.run.training.make_trainer``; images/s is 32 over the median step time, from
@@ -57,6 +60,39 @@ TRAIN_BATCH = 32
 
 def _median_ratio(rounds: list[dict], key: str, base: str) -> float:
     return statistics.median(r[key] / r[base] for r in rounds)
+
+
+def best_rate() -> float:
+    """The fastest float32 GFLOP/s seen on this CPU at torch's thread count: oneDNN's 3x3 convolution (256 to 256
+    channels, 32x24x24 channels-last) or matrix product (2304x512 by 512x512), whichever is faster; each the
+    median of 9 calls after 3 warm-ups."""
+    import torch
+
+    x = torch.randn(32, 256, 24, 24).contiguous(memory_format=torch.channels_last)
+    kernel = torch.randn(256, 256, 3, 3).contiguous(memory_format=torch.channels_last)
+    a, w = torch.randn(2304, 512), torch.randn(512, 512)
+    runs = {2 * 32 * 24 * 24 * 256 * 256 * 9: lambda: torch.ops.mkldnn._convolution_pointwise(
+                x, kernel, None, [1, 1], [1, 1], [1, 1], 1, "none", [], ""),
+            2 * 2304 * 512 * 512: lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")}
+    rates = []
+    for flop, call in runs.items():
+        seconds = []
+        for _ in range(12):
+            started = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - started)
+        rates.append(flop / statistics.median(seconds[3:]) / 1e9)
+    return max(rates)
+
+
+def gflop_per_image(twin, size: int) -> float:
+    """The convolutions' and matrix products' floating-point operations of one image (2 per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        twin.eval()(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
 
 
 def inference(name, keras_model, twin, variants: dict, batches, rounds: int, images) -> list[dict]:
@@ -180,7 +216,8 @@ def worker(args) -> dict:
 
     result = {"threads": args.threads, "torch": torch.__version__, "keras": keras.__version__,
               "tensorflow": tf.__version__, "inference": [], "training": [],
-              "load_average": [os.getloadavg()[0], None], "utc": [time.strftime("%Y-%m-%d %H:%M", time.gmtime()), None]}
+              "load_average": [os.getloadavg()[0], None], "utc": [time.strftime("%Y-%m-%d %H:%M", time.gmtime()), None],
+              "best_gflops": best_rate()}
     for name in args.models:
         builder, kwargs, size = SIZES[name]
         keras.utils.set_random_seed(0)
@@ -202,8 +239,9 @@ def worker(args) -> dict:
               ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
         with freed_memory_retained():  # as lightning-cnn-predict runs; TensorFlow pools its own memory anyway
             records = inference(name, model, twin, variants, args.batches if args.infer else [], args.rounds, images)
+        gflop = gflop_per_image(twin, size)
         for record in records:
-            record.update(size=size, max_abs_diff=diffs)
+            record.update(size=size, max_abs_diff=diffs, gflop_per_image=gflop)
             result["inference"].append(record)
         if args.train:
             record = training(name, model, twin, args.train_steps, args.rounds, size, args.data_dir)
@@ -223,6 +261,24 @@ def _load_note(result: dict) -> str:
     return f"{where}: {load[0]:.2f} -> {load[1]:.2f} ({result['utc'][0]} to {result['utc'][1]} UTC)"
 
 
+def fastest_rate(result: dict) -> float | None:
+    """The fastest float32 GFLOP/s seen at one thread count: ``best_rate``'s kernels, Keras and every torch variant
+    on every model and batch (a model's convolutions can outrun both kernels: Keras's VGG16 at batch 32 did)."""
+    if not result.get("best_gflops"):
+        return None
+    rates = [r["gflop_per_image"] * r[key] for r in result["inference"] if "gflop_per_image" in r
+             for key in r if key.endswith("_images_per_s")]
+    return max([result["best_gflops"], *rates])
+
+
+def _ceiling_cells(record: dict, fastest: float | None) -> str:
+    """Keras's GFLOP/s and the ceiling (see ``render``), or dashes for a run that did not record them."""
+    if not fastest or "gflop_per_image" not in record:
+        return "– | –"
+    keras_gflops = record["gflop_per_image"] * record["keras_images_per_s"]
+    return f"{keras_gflops:.0f} | {fastest / keras_gflops:.2f}×"
+
+
 def render(results: list[dict], command: str, machine: str) -> str:
     lines = ["# Converted twins vs Keras on this CPU", "",
              f"Command: `{command}`  ", f"Machine: {machine}; torch {results[0]['torch']}, keras "
@@ -232,16 +288,25 @@ def render(results: list[dict], command: str, machine: str) -> str:
              "The machine's 1-minute load average (other jobs included) at the start and end of each thread "
              "count's run: " + "; ".join(_load_note(r) for r in results) + ".", "",
              "## Inference (images/s; ratio to Keras `predict_on_batch`)", "",
+             "Ceiling: the fastest float32 rate seen on this CPU in the run (`fastest_rate`: oneDNN's 3x3 "
+             "convolution or matrix product, or any model and batch on either side; " +
+             ", ".join(f"{fastest_rate(r):.0f} GFLOP/s at {r['threads']} thread(s)" for r in results
+                       if fastest_rate(r)) +
+             ") over Keras's own GFLOP/s (the convolutions' and matrix products' operations, `gflop_per_image`, "
+             "times its images/s): the ratio a float32 copy would reach if every one of its operations ran at that "
+             "rate and nothing else cost time. Where it is under 1.3, a 1.3x target asks for more than this CPU "
+             "has shown it can do.", "",
              "| model | input | threads | batch | Keras | twin | model.py | prepared | prepared model.py | twin / K "
-             "| model.py / K | prepared / K | prepared model.py / K |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model.py / K | prepared / K | prepared model.py / K | Keras GFLOP/s | ceiling |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for result in results:
         for r in result["inference"]:
             labels = ("twin", "model.py", "prepared", "model.py prepared")
             lines.append(f"| {r['model']} | {r['size']} | {result['threads']} | {r['batch']} | "
                          f"{r['keras_images_per_s']:.1f} | "
                          + " | ".join(f"{r[label + '_images_per_s']:.1f}" for label in labels) + " | "
-                         + " | ".join(f"{r[label + '_vs_keras']:.2f}×" for label in labels) + " |")
+                         + " | ".join(f"{r[label + '_vs_keras']:.2f}×" for label in labels) + " | "
+                         + _ceiling_cells(r, fastest_rate(result)) + " |")
     training_rows = [(result["threads"], r) for result in results for r in result["training"]]
     if training_rows:
         lines += ["", f"## Training at batch {TRAIN_BATCH} (images/s; Keras `fit` vs the twin through "

@@ -2,8 +2,8 @@
 
 TF-free: small stock-module networks with every pattern the rewrite fuses (conv -> BN -> activation, conv -> BN
 -> residual add -> ReLU, a lone BN -> ReLU after a concatenation, symmetric zero padding taken into the conv,
-depthwise conv -> relu6, silu; Dense -> ReLU; 1x1 convolutions as one matrix product; a repeated ReLU or pooling of one tensor
-run once) and a documented model. Tolerance: max |copy - network| <= 1e-5 x the largest
+depthwise conv -> relu6, silu; Dense -> ReLU; 1x1 convolutions as one matrix product; a repeated ReLU or pooling
+of one tensor run once) and a documented model. Tolerance: max |copy - network| <= 1e-5 x the largest
 |output| (float32: folding BN and fusing post-ops only changes rounding, ~1e-7 relative per layer; a wrong fold,
 padding or layout is O(1)). The acceptance models are checked against Keras in parity_tests.
 """
