@@ -9,10 +9,9 @@ graph what grappler does: each 2-D convolution becomes one ``OneDNNConv2d`` call
 into oneDNN's blocked layout once per input size, the BN that only normalizes its output folded into it, the
 activation and the residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken
 into the kernel's own padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the
-first convolution on. A stride-1 1x1 convolution runs as one oneDNN matrix product instead (``Conv1x1AsMatmul``:
-oneDNN's convolution set-up costs more than a small product), a Dense layer and its activation one oneDNN linear
-call (``OneDNNLinear``), and an activation, padding or pooling the twin
-repeats on the same tensor runs once.
+first convolution on. A stride-1 1x1 convolution, and a Dense layer with its activation, run as one matrix product
+instead (``Conv1x1AsMatmul``, ``OneDNNLinear``: oneDNN's linear call or ``addmm``, see ``fused_matmul``), and an
+activation, padding or pooling the twin repeats on the same tensor runs once.
 A BN that cannot be folded (after a concatenation, DenseNet's pre-activation BN) becomes one multiply-add, with
 the ReLU after it done in place.
 
@@ -412,7 +411,7 @@ class _Rewriter:
                 self.conv(node, spec)
             elif type(module) is nn.BatchNorm2d and module.track_running_stats:
                 self.lone_bn(node, module)
-            elif type(module) is nn.Linear and module.weight.dim() == 2:
+            elif type(module) is nn.Linear:
                 self.linear(node, module)
         self.graph.eliminate_dead_code()
         self.graph.lint()
