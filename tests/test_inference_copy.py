@@ -10,6 +10,8 @@ padding or layout is O(1)). The acceptance models are checked against Keras in p
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,7 +74,12 @@ def twin():
     return _randomized(fx.symbolic_trace(Patterns()))
 
 
-def test_every_pattern_is_fused_and_matches(twin):
+@pytest.mark.parametrize("matmul_below", [None, 0])  # None: addmm for these small products; 0: oneDNN's linear
+def test_every_pattern_is_fused_and_matches(twin, monkeypatch, matmul_below):
+    from lightning_cnn.converted import inference
+
+    if matmul_below is not None:
+        monkeypatch.setattr(inference, "MATMUL_BELOW", matmul_below)
     fast = prepare_for_inference(twin)
     modules = list(fast.modules())
     assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ZeroPad2d, nn.Linear)) for m in modules)
@@ -86,6 +93,8 @@ def test_every_pattern_is_fused_and_matches(twin):
         x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
         with torch.inference_mode():
             assert_close(twin(x), fast(x))
+    with torch.inference_mode():  # a copy that has run (holding oneDNN-layout weights) can still be copied
+        assert_close(twin(x), copy.deepcopy(fast)(x))
     assert all(isinstance(m, nn.BatchNorm2d) for m in (twin.stem_bn, twin.concat_bn))  # the twin is unchanged
     assert twin.stem.weight.is_contiguous()
 

@@ -10,7 +10,7 @@ into oneDNN's blocked layout once per input size, the BN that only normalizes it
 activation and the residual ``Add`` that consume it fused as oneDNN post-ops, the zero padding before it taken
 into the kernel's own padding where symmetric; activations stay channels-last (NHWC, Keras's layout) from the
 first convolution on. A stride-1 1x1 convolution, and a Dense layer with its activation, run as one matrix product
-instead (``Conv1x1AsMatmul``, ``OneDNNLinear``: oneDNN's linear call or ``addmm``, see ``fused_matmul``), and an
+instead (``Conv1x1AsMatmul``, ``OneDNNLinear``: oneDNN's linear call or ``addmm``, see ``_Matmul``), and an
 activation, padding or pooling the twin repeats on the same tensor runs once.
 A BN that cannot be folded (after a concatenation, DenseNet's pre-activation BN) becomes one multiply-add, with
 the ReLU after it done in place.
@@ -157,6 +157,11 @@ class OneDNNConv2d(nn.Module):
         self.register_buffer("bias", None if spec.bias is None else spec.bias.contiguous())
         self._packed = (None, None)  # (input size it was reordered for, the weight in oneDNN's blocked layout)
 
+    def __getstate__(self):
+        """Copies (``copy.deepcopy``, pickling) leave the reordered weight out: oneDNN's tensors have no storage
+        to copy, and the copy reorders again on its first call."""
+        return {**super().__getstate__(), "_packed": (None, None)}
+
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight reordered for inputs of x's size: oneDNN picks its blocked layout (and kernel) from the
         input's size, and a weight reordered for another size ran 40x slower here (1x1 conv on 3x3 inputs)."""
@@ -195,25 +200,51 @@ _IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
 MATMUL_BELOW = 2 ** 20
 
 
-def fused_matmul(rows: torch.Tensor, matrix: torch.Tensor, bias, post_op: tuple, other=None) -> torch.Tensor:
-    """``post_op(rows @ matrix.T + bias [+ other])`` for 2-D float32 CPU tensors. From ``MATMUL_BELOW``
-    multiply-adds up, one call of oneDNN's fused linear (``mkldnn._linear_pointwise``; with ``other``, the add fused
-    and the post-op in place): ``torch.mm``/``F.linear`` go to MKL, whose fp32 GEMM runs AVX2 code on AMD CPUs
-    (105-112 GFLOP/s against oneDNN's 150-250 on this AVX-512 EPYC, 1 thread). Below it ``addmm`` then the post-ops
-    in place: oneDNN's call has a fixed cost of ~15 us (9x176 by 176x176: 11 us against 19 us; even at ~10^6)."""
-    attr, scalars, algorithm = post_op
-    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MATMUL_BELOW:
-        y = torch.mm(rows, matrix.t()) if bias is None else torch.addmm(bias, rows, matrix.t())
-        return _IN_PLACE[attr](y if other is None else y.add_(other), scalars)
-    if other is None:
-        return torch.ops.mkldnn._linear_pointwise(rows, matrix, bias, attr, scalars, algorithm)
-    return _IN_PLACE[attr](torch.ops.mkldnn._linear_pointwise.binary(rows, other, matrix, bias, "add"), scalars)
+class _Matmul(nn.Module):
+    """``post_op(rows @ weight.T + bias [+ other])`` for 2-D float32 CPU rows, ``weight`` (out, in) a buffer of the
+    subclass. From ``MATMUL_BELOW`` multiply-adds up, one call of oneDNN's fused linear (``mkldnn._linear_pointwise``;
+    with ``other`` the add fused, the post-op then in place) on the weight reordered once per row count into the
+    layout oneDNN picks for it (unreordered, it is reordered on every call: 157 against 92 us for 9x512 by 512x2048).
+    ``torch.mm``/``F.linear`` go to MKL, whose float32 GEMM runs AVX2 code on AMD CPUs (105-112 GFLOP/s against
+    oneDNN's 150-250 on this AVX-512 EPYC, 1 thread). Below it ``addmm`` then the post-op in place: oneDNN's call has
+    a fixed cost of ~15 us (9x176 by 176x176: 11 us against 19 us; even at ~10^6)."""
+
+    post_op: tuple
+
+    def __init__(self):
+        super().__init__()
+        self._packed_rows = (None, None)  # (row count it was reordered for, the weight in oneDNN's layout)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_packed_rows": (None, None)}  # as OneDNNConv2d's
+
+    def _packed_matrix(self, rows: int) -> torch.Tensor:
+        count, packed = self._packed_rows
+        if count != rows:
+            packed = torch.ops.mkldnn._reorder_linear_weight(self._matrix(), rows)
+            self._packed_rows = (rows, packed)
+        return packed
+
+    def _matrix(self) -> torch.Tensor:
+        return self.weight.view(self.weight.shape[0], -1)
+
+    def matmul(self, rows: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        attr, scalars, algorithm = self.post_op
+        matrix = self._matrix()
+        if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MATMUL_BELOW:
+            y = torch.mm(rows, matrix.t()) if self.bias is None else torch.addmm(self.bias, rows, matrix.t())
+            return _IN_PLACE[attr](y if other is None else y.add_(other), scalars)
+        packed = self._packed_matrix(rows.shape[0])
+        if other is None:
+            return torch.ops.mkldnn._linear_pointwise(rows, packed, self.bias, attr, scalars, algorithm)
+        return _IN_PLACE[attr](torch.ops.mkldnn._linear_pointwise.binary(rows, other, packed, self.bias, "add"),
+                               scalars)
 
 
-class Conv1x1AsMatmul(OneDNNConv2d):
+class Conv1x1AsMatmul(OneDNNConv2d, _Matmul):
     """A 1x1, stride-1, unpadded, ungrouped convolution on channels-last input, which is one matrix product
-    (N*H*W, C_in) x (C_in, C_out) + bias (``fused_matmul``): oneDNN's convolution call costs ~60-100 us more than
-    its linear call (it makes its primitive descriptor again each call), as much as the product itself on
+    (N*H*W, C_in) x (C_in, C_out) + bias (``_Matmul``): oneDNN's convolution call costs ~60-100 us more than its
+    linear call (it makes its primitive descriptor again each call), as much as the product itself on
     NASNetMobile's 72x176 by 176x176 pointwise convolutions."""
 
     @staticmethod
@@ -226,17 +257,16 @@ class Conv1x1AsMatmul(OneDNNConv2d):
         rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, -1)
         if other is not None:
             other = other.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, -1)
-        y = fused_matmul(rows, self.weight.view(self.weight.shape[0], -1), self.bias, self.post_op, other)
-        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+        return self.matmul(rows, other).view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def _fused_conv(spec: _ConvSpec, add: bool = False) -> OneDNNConv2d:
     return (Conv1x1AsMatmul if Conv1x1AsMatmul.takes(spec) else OneDNNConv2d)(spec, add)
 
 
-class OneDNNLinear(nn.Module):
-    """A Dense layer (nn.Linear) and the activation after it as one ``fused_matmul`` on the last axis of an input
-    of any rank."""
+class OneDNNLinear(_Matmul):
+    """A Dense layer (nn.Linear) and the activation after it as one ``_Matmul`` on the last axis of an input of any
+    rank."""
 
     def __init__(self, linear: nn.Linear, post_op: tuple):
         super().__init__()
@@ -245,8 +275,7 @@ class OneDNNLinear(nn.Module):
         self.post_op = post_op
 
     def forward(self, x):
-        y = fused_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.bias, self.post_op)
-        return y.view(*x.shape[:-1], -1)
+        return self.matmul(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
 
     def extra_repr(self):
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, post_op={self.post_op[0]}"
