@@ -144,7 +144,28 @@ def as_graph_module(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, _ConvLeafTracer().trace(model), type(model).__name__)
 
 
-class OneDNNConv2d(nn.Module):
+class _ReorderedWeight(nn.Module):
+    """A module whose weight oneDNN takes in a layout of its own, picked from the input's size: one reordered copy,
+    for the last size seen (a weight reordered for another size ran 40x slower here: 1x1 conv on 3x3 inputs).
+    Copies (``copy.deepcopy``, pickling) leave it out: oneDNN's tensors have no storage to copy, and the copy
+    reorders again on its first call."""
+
+    def __init__(self):
+        super().__init__()
+        self._reordered = (None, None)  # (the size it was reordered for, the weight in oneDNN's layout)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_reordered": (None, None)}
+
+    def _reordered_for(self, size, reorder) -> torch.Tensor:
+        seen, weight = self._reordered
+        if seen != size:
+            weight = reorder()
+            self._reordered = (size, weight)
+        return weight
+
+
+class OneDNNConv2d(_ReorderedWeight):
     """One oneDNN convolution with its weight pre-reordered, bias (BN folded in), and fused post-ops:
     ``post_op(conv(x) [+ other])``. Inputs: float32 CPU tensors, NCHW or channels-last; output channels-last."""
 
@@ -155,26 +176,11 @@ class OneDNNConv2d(nn.Module):
         self.add, self.post_op = add, spec.post_op
         self.register_buffer("weight", spec.weight.contiguous(memory_format=torch.channels_last))
         self.register_buffer("bias", None if spec.bias is None else spec.bias.contiguous())
-        self._packed = (None, None)  # (input size it was reordered for, the weight in oneDNN's blocked layout)
-
-    def __getstate__(self):
-        """Copies (``copy.deepcopy``, pickling) leave the reordered weight out: oneDNN's tensors have no storage
-        to copy, and the copy reorders again on its first call."""
-        return {**super().__getstate__(), "_packed": (None, None)}
-
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """The weight reordered for inputs of x's size: oneDNN picks its blocked layout (and kernel) from the
-        input's size, and a weight reordered for another size ran 40x slower here (1x1 conv on 3x3 inputs)."""
-        size, packed = self._packed
-        if size != x.shape[1:]:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, self.stride, self.dilation, self.groups, [1, *x.shape[1:]])
-            self._packed = (x.shape[1:], packed)
-        return packed
 
     def forward(self, x, other=None):
         x = x.contiguous(memory_format=torch.channels_last)
-        weight = self._packed_weight(x)
+        weight = self._reordered_for(x.shape[1:], lambda: torch.ops.mkldnn._reorder_convolution_weight(
+            self.weight, self.padding, self.stride, self.dilation, self.groups, [1, *x.shape[1:]]))
         attr, scalars, algorithm = self.post_op
         if other is None:
             return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, self.padding, self.stride,
@@ -190,7 +196,7 @@ class OneDNNConv2d(nn.Module):
                 f"groups={self.groups}, post_ops={(['add'] if self.add else []) + [self.post_op[0]]}")
 
 
-# oneDNN post-op -> the same activation applied in place to a matmul's output (``Conv1x1AsMatmul``).
+# oneDNN post-op -> the same activation applied in place to a matmul's output (``_Matmul``).
 _IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
              "hardtanh": lambda y, scalars: y.clamp_(*scalars), "swish": lambda y, scalars: F.silu(y, inplace=True),
              "sigmoid": lambda y, scalars: y.sigmoid_(), "tanh": lambda y, scalars: y.tanh_(),
@@ -200,30 +206,16 @@ _IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
 MATMUL_BELOW = 2 ** 20
 
 
-class _Matmul(nn.Module):
+class _Matmul(_ReorderedWeight):
     """``post_op(rows @ weight.T + bias [+ other])`` for 2-D float32 CPU rows, ``weight`` (out, in) a buffer of the
     subclass. From ``MATMUL_BELOW`` multiply-adds up, one call of oneDNN's fused linear (``mkldnn._linear_pointwise``;
-    with ``other`` the add fused, the post-op then in place) on the weight reordered once per row count into the
-    layout oneDNN picks for it (unreordered, it is reordered on every call: 157 against 92 us for 9x512 by 512x2048).
+    with ``other`` the add fused, the post-op then in place) on the weight reordered once per row count
+    (``_ReorderedWeight``; unreordered, oneDNN reorders it on every call: 157 against 92 us for 9x512 by 512x2048).
     ``torch.mm``/``F.linear`` go to MKL, whose float32 GEMM runs AVX2 code on AMD CPUs (105-112 GFLOP/s against
     oneDNN's 150-250 on this AVX-512 EPYC, 1 thread). Below it ``addmm`` then the post-op in place: oneDNN's call has
     a fixed cost of ~15 us (9x176 by 176x176: 11 us against 19 us; even at ~10^6)."""
 
     post_op: tuple
-
-    def __init__(self):
-        super().__init__()
-        self._packed_rows = (None, None)  # (row count it was reordered for, the weight in oneDNN's layout)
-
-    def __getstate__(self):
-        return {**super().__getstate__(), "_packed_rows": (None, None)}  # as OneDNNConv2d's
-
-    def _packed_matrix(self, rows: int) -> torch.Tensor:
-        count, packed = self._packed_rows
-        if count != rows:
-            packed = torch.ops.mkldnn._reorder_linear_weight(self._matrix(), rows)
-            self._packed_rows = (rows, packed)
-        return packed
 
     def _matrix(self) -> torch.Tensor:
         return self.weight.view(self.weight.shape[0], -1)
@@ -234,7 +226,8 @@ class _Matmul(nn.Module):
         if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MATMUL_BELOW:
             y = torch.mm(rows, matrix.t()) if self.bias is None else torch.addmm(self.bias, rows, matrix.t())
             return _IN_PLACE[attr](y if other is None else y.add_(other), scalars)
-        packed = self._packed_matrix(rows.shape[0])
+        packed = self._reordered_for(rows.shape[0],
+                                     lambda: torch.ops.mkldnn._reorder_linear_weight(matrix, rows.shape[0]))
         if other is None:
             return torch.ops.mkldnn._linear_pointwise(rows, packed, self.bias, attr, scalars, algorithm)
         return _IN_PLACE[attr](torch.ops.mkldnn._linear_pointwise.binary(rows, other, packed, self.bias, "add"),
