@@ -63,26 +63,22 @@ def _median_ratio(rounds: list[dict], key: str, base: str) -> float:
 
 
 def best_rate() -> float:
-    """The fastest float32 GFLOP/s seen on this CPU at torch's thread count: oneDNN's 3x3 convolution (256 to 256
-    channels, 32x24x24 channels-last) or matrix product (2304x512 by 512x512), whichever is faster; each the
-    median of 9 calls after 3 warm-ups."""
+    """The fastest float32 GFLOP/s seen on this CPU at torch's thread count: the matrix product
+    (``lightning_cnn.benchmark.matmul_peak_gflops``: MKL's or oneDNN's, whichever is faster) or oneDNN's 3x3
+    convolution (256 to 256 channels, 32x24x24 channels-last; median of 9 calls after 3 warm-ups)."""
     import torch
+
+    from lightning_cnn.benchmark import matmul_peak_gflops
 
     x = torch.randn(32, 256, 24, 24).contiguous(memory_format=torch.channels_last)
     kernel = torch.randn(256, 256, 3, 3).contiguous(memory_format=torch.channels_last)
-    a, w = torch.randn(2304, 512), torch.randn(512, 512)
-    runs = {2 * 32 * 24 * 24 * 256 * 256 * 9: lambda: torch.ops.mkldnn._convolution_pointwise(
-                x, kernel, None, [1, 1], [1, 1], [1, 1], 1, "none", [], ""),
-            2 * 2304 * 512 * 512: lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")}
-    rates = []
-    for flop, call in runs.items():
-        seconds = []
-        for _ in range(12):
-            started = time.perf_counter()
-            call()
-            seconds.append(time.perf_counter() - started)
-        rates.append(flop / statistics.median(seconds[3:]) / 1e9)
-    return max(rates)
+    seconds = []
+    for _ in range(12):
+        started = time.perf_counter()
+        torch.ops.mkldnn._convolution_pointwise(x, kernel, None, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+        seconds.append(time.perf_counter() - started)
+    convolution = 2 * 32 * 24 * 24 * 256 * 256 * 9 / statistics.median(seconds[3:]) / 1e9
+    return max(convolution, matmul_peak_gflops("float32", "cpu"))
 
 
 def gflop_per_image(twin, size: int) -> float:
@@ -300,13 +296,14 @@ def render(results: list[dict], command: str, machine: str) -> str:
              "| model.py / K | prepared / K | prepared model.py / K | Keras GFLOP/s | ceiling |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for result in results:
+        fastest = fastest_rate(result)
         for r in result["inference"]:
             labels = ("twin", "model.py", "prepared", "model.py prepared")
             lines.append(f"| {r['model']} | {r['size']} | {result['threads']} | {r['batch']} | "
                          f"{r['keras_images_per_s']:.1f} | "
                          + " | ".join(f"{r[label + '_images_per_s']:.1f}" for label in labels) + " | "
                          + " | ".join(f"{r[label + '_vs_keras']:.2f}×" for label in labels) + " | "
-                         + _ceiling_cells(r, fastest_rate(result)) + " |")
+                         + _ceiling_cells(r, fastest) + " |")
     training_rows = [(result["threads"], r) for result in results for r in result["training"]]
     if training_rows:
         lines += ["", f"## Training at batch {TRAIN_BATCH} (images/s; Keras `fit` vs the twin through "
