@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lightning_cnn.converted import prepare_for_inference
+from lightning_cnn.converted import inference, prepare_for_inference
 from lightning_cnn.converted.inference import OneDNNConv2d, OneDNNLinear, ScaleShift
 from lightning_cnn.speed import Speed
 
@@ -74,12 +74,16 @@ def twin():
     return _randomized(fx.symbolic_trace(Patterns()))
 
 
-@pytest.mark.parametrize("matmul_below", [None, 0])  # None: addmm for these small products; 0: oneDNN's linear
-def test_every_pattern_is_fused_and_matches(twin, monkeypatch, matmul_below):
-    from lightning_cnn.converted import inference
+@pytest.fixture(params=["addmm", "onednn"])
+def matmul_path(request, monkeypatch):
+    """Each matrix product of the copy as it runs for these small sizes (addmm), then all of them through oneDNN's
+    linear, the path larger products take (``MATMUL_BELOW`` 0)."""
+    if request.param == "onednn":
+        monkeypatch.setattr(inference, "MATMUL_BELOW", 0)
+    return request.param
 
-    if matmul_below is not None:
-        monkeypatch.setattr(inference, "MATMUL_BELOW", matmul_below)
+
+def test_every_pattern_is_fused_and_matches(twin, matmul_path):
     fast = prepare_for_inference(twin)
     modules = list(fast.modules())
     assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ZeroPad2d, nn.Linear)) for m in modules)
@@ -148,11 +152,10 @@ class Branches(nn.Module):
         return torch.cat([a, b, c], 1), self.strided(torch.relu(a)), self.padded(b)
 
 
-def test_repeated_calls_shared_and_1x1_as_matmul(monkeypatch):
+def test_repeated_calls_shared_and_1x1_as_matmul(matmul_path):
     """The repeated ReLU and the repeated pooling (same settings) run once, the pooling with other settings
     stays; stride-1 unpadded 1x1 convolutions are one matrix product (addmm when small, oneDNN's linear otherwise)
     with their post-op (or residual add then post-op); the others stay oneDNN convolutions."""
-    from lightning_cnn.converted import inference
     from lightning_cnn.converted.inference import Conv1x1AsMatmul
 
     model = _randomized(fx.symbolic_trace(Branches()))
@@ -164,20 +167,13 @@ def test_repeated_calls_shared_and_1x1_as_matmul(monkeypatch):
     assert matmuls == [(False, "hardtanh"), (False, "swish"), (True, "none")]
     assert sum(type(m) is OneDNNConv2d for m in fast.modules()) == 3  # stem, strided, padded
     x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
-    for matmul_below in (inference.MATMUL_BELOW, 0):  # addmm for these small products; 0: oneDNN's linear
-        monkeypatch.setattr(inference, "MATMUL_BELOW", matmul_below)
-        with torch.inference_mode():
-            for expected, got in zip(model(x), fast(x)):
-                assert_close(expected, got)
+    with torch.inference_mode():
+        for expected, got in zip(model(x), fast(x)):
+            assert_close(expected, got)
 
 
-@pytest.mark.parametrize("matmul_below", [None, 0])  # None: addmm (a small product); 0: oneDNN's linear
-def test_dense_on_a_sequence_acts_on_the_last_axis(monkeypatch, matmul_below):
+def test_dense_on_a_sequence_acts_on_the_last_axis(matmul_path):
     """Keras's Dense on a rank-3 input (a sequence model's head) applies to the last axis; so does its copy."""
-    from lightning_cnn.converted import inference
-
-    if matmul_below is not None:
-        monkeypatch.setattr(inference, "MATMUL_BELOW", matmul_below)
     dense = _randomized(nn.Linear(6, 4))
     fast = OneDNNLinear(dense, ("relu", [], ""))
     x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(4))
