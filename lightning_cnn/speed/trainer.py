@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 
 import lightning as L
 from lightning.pytorch.accelerators import CPUAccelerator
 
-from .cpu_tuning import NVML_CUDA_CHECK, release_freed_memory, retain_freed_memory, retaining_freed_memory
+from .cpu_tuning import NVML_CUDA_CHECK, freed_memory_retained
 
 
 class CPUTuning(L.Callback):
@@ -19,12 +20,12 @@ class CPUTuning(L.Callback):
     """
 
     def __init__(self):
-        self._retained_here = False
+        self._memory = ExitStack()  # holds freed_memory_retained() for the run
         self._nvml_check: str | None = None
 
     def setup(self, trainer, pl_module, stage):
         if isinstance(trainer.accelerator, CPUAccelerator):
-            self._retained_here = not retaining_freed_memory() and retain_freed_memory()
+            self._memory.enter_context(freed_memory_retained())
             self._nvml_check = os.environ.pop(NVML_CUDA_CHECK, None)
 
     def teardown(self, trainer, pl_module, stage):
@@ -37,6 +38,4 @@ class CPUTuning(L.Callback):
         if self._nvml_check is not None:
             os.environ[NVML_CUDA_CHECK] = self._nvml_check
             self._nvml_check = None
-        if self._retained_here:
-            release_freed_memory()
-            self._retained_here = False
+        self._memory.close()
