@@ -106,8 +106,8 @@ def train_fold_lightning(model_id: str, train, val, test, *, epochs: int | None 
         "history_rows": [dict(row) for row in history.rows],
         "epoch_seconds": [row["seconds"] for row in history.rows],
         "epochs_run": len(history.rows),
-        "val_probs": predict_proba(module.model, spec, val[0]),
-        "test_probs": predict_proba(module.model, spec, test[0]),
+        "val_probs": predict_proba(module.model, spec.preprocessing, val[0]),
+        "test_probs": predict_proba(module.model, spec.preprocessing, test[0]),
     }
 
 

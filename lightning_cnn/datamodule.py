@@ -229,6 +229,11 @@ class ArrayDataModule(L.LightningDataModule):
         """(H, W, C) of the images, as a Keras model's Input sees them."""
         return DATASET_SHAPES[self.dataset]
 
+    def trained_on(self) -> dict:
+        """What checkpoints record of this data for prediction (``trained.DATA_RECORD_KEY``)."""
+        return {"class_names": list(self.class_names), "image_shape": list(self.input_shape),
+                "preprocessing": self.preprocessing, "dataset": self.dataset}
+
     test_split = "test"  # what the test loader serves (a UserDataModule may have to test on "val" or nothing)
 
     @property

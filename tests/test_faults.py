@@ -407,6 +407,9 @@ CHECKPOINT_FAULTS = {
     "a wrong shape": (lambda c: c["state_dict"].update({_first_weight(c): torch.zeros(3, 3)}), ["is [3, 3] in"]),
     "NaN weights": (lambda c: c["state_dict"][_first_weight(c)].view(-1).__setitem__(0, float("nan")),
                     ["non-finite weights", "diverged"]),
+    "a damaged data record": (lambda c: c["trained_on"].update(image_shape=[0, 28, 1]), ["trained_on", "damaged"]),
+    "a data record of 3 classes": (lambda c: c["trained_on"].update(class_names=["a", "b", "c"]),
+                                   ["trained_on", "damaged"]),
 }
 
 
@@ -602,7 +605,7 @@ def test_ctrl_c_during_fit_leaves_a_usable_last_ckpt_and_restores_the_process(da
     line = next(line for line in err.splitlines() if line.startswith("interrupted: "))
     saved_after = int(re.search(r"after epoch (\d+)", line).group(1))
     assert f"--resume {last}" in line and 1 <= saved_after < 40
-    from lightning_cnn.predict import load_checkpoint_model
+    from lightning_cnn.trained import load_checkpoint_model
 
     load_checkpoint_model(last, MODEL)  # whole, the right model, finite weights
     assert ckpt_epoch(last) == saved_after - 1
@@ -626,7 +629,7 @@ def test_sigterm_during_fit_names_the_checkpoint_to_resume_and_exits_143(data_di
     assert status == 143, (status, err[-3000:])
     lines = [line for line in err.splitlines() if line.startswith("terminated: ")]
     assert len(lines) == 1 and f"--resume {last}" in lines[0] and "after epoch 1" in lines[0], err[-3000:]
-    from lightning_cnn.predict import load_checkpoint_model
+    from lightning_cnn.trained import load_checkpoint_model
 
     load_checkpoint_model(last, MODEL)  # whole, the right model, finite weights
     assert ckpt_epoch(last) == 0
@@ -759,6 +762,72 @@ def test_resume_across_the_two_paths_is_refused(capsys, twins, twin_checkpoint, 
     line = assert_one_line_error(status, err, str(twin_checkpoint), "twin of --keras-model")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     reliability("checkpoints", "`train.py --model M --resume` with a --keras-model twin's checkpoint", line)
+
+
+def _twin_probabilities(folder: Path, checkpoint: Path | None, images: np.ndarray) -> np.ndarray:
+    """The converted twin's own outputs (a softmax) for MNIST uint8 images, with the weights of ``checkpoint`` (None:
+    as converted, before training), computed here without the prediction code."""
+    from lightning_cnn.converted import load_converted
+
+    twin = load_converted(folder).eval()
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        twin.load_state_dict({k.removeprefix("network."): v for k, v in state.items()})
+    with torch.no_grad():
+        return twin(torch.from_numpy(images[:, None].astype(np.float32) / 255)).numpy()
+
+
+@pytest.mark.keras
+def test_predict_answers_from_a_twin_checkpoint(capsys, twins, twin_checkpoint, data_dir, tmp_path):
+    """lightning-cnn-predict on a --keras-model run's checkpoint: the twin rebuilt from the folder its checkpoint
+    names, with the run's weights (not the converted ones), fed as the run's data was (MNIST, x/255)."""
+    from lightning_cnn.data import load_dataset
+
+    _, (x_test, y_test) = load_dataset("mnist", data_dir)
+    expected = _twin_probabilities(twins / "twin10", twin_checkpoint, x_test[:3])
+    untrained = _twin_probabilities(twins / "twin10", None, x_test[:3])
+    assert np.abs(expected - untrained).max() > 1e-3  # 4 Adam steps moved the outputs: the check below can tell
+    for flags in ([], ["--exact"]):
+        status, err = cli(capsys, "predict", "--checkpoint", twin_checkpoint, "--test-indices", 0, 1, 2,
+                          "--data-dir", data_dir, "--json", tmp_path / "p.json", *flags)
+        assert status == 0, err
+        records = json.loads((tmp_path / "p.json").read_text())
+        got = np.array([r["probabilities"] for r in records])
+        # float32 rounding only: the inference copy reorders sums (measured < 1e-7 here); --exact is the same network
+        assert np.abs(got - expected).max() < 1e-5, (flags, np.abs(got - expected).max())
+        assert [r["true"] for r in records] == [str(int(y)) for y in y_test[:3]]
+        assert [r["predicted"] for r in records] == [str(int(i)) for i in expected.argmax(axis=1)]
+
+
+@pytest.mark.keras
+def test_predict_asks_for_a_moved_twins_keras_model(capsys, twins, twin_checkpoint, data_dir, tmp_path, reliability):
+    moved = tmp_path / "moved.ckpt"
+    checkpoint = torch.load(twin_checkpoint, map_location="cpu", weights_only=True)
+    checkpoint["keras_model"] = str(tmp_path / "gone")
+    torch.save(checkpoint, moved)
+    status, err = cli(capsys, "predict", "--checkpoint", moved, "--test-indices", 0)
+    line = assert_one_line_error(status, err, str(tmp_path / "gone"), "which is not there", "--keras-model PATH")
+    reliability("checkpoints given to `predict`", "a twin's checkpoint whose Keras model moved", line)
+    status, err = cli(capsys, "predict", "--checkpoint", moved, "--keras-model", twins / "twin10", "--test-indices", 0,
+                      "--data-dir", data_dir)  # where the folder is now, named: rebuilt from there
+    assert status == 0, err
+
+
+@pytest.mark.keras
+def test_predict_refuses_a_twin_checkpoint_it_cannot_rebuild(capsys, twins, twin_checkpoint, trained, tmp_path,
+                                                             reliability):
+    status, err = cli(capsys, "predict", "--checkpoint", twin_checkpoint, "--keras-model", twins / "twin5",
+                      "--test-indices", 0)
+    line = assert_one_line_error(status, err, "do not fit --keras-model", "twin5", "first difference")
+    reliability("checkpoints given to `predict`", "a twin's checkpoint with --keras-model of another model", line)
+    status, err = cli(capsys, "predict", "--checkpoint", trained, "--keras-model", twins / "twin10", "--test-indices", 0)
+    assert_one_line_error(status, err, "documented model", "leave --keras-model")
+    unrecorded = tmp_path / "unrecorded.ckpt"
+    checkpoint = torch.load(twin_checkpoint, map_location="cpu", weights_only=True)
+    del checkpoint["trained_on"]
+    torch.save(checkpoint, unrecorded)
+    status, err = cli(capsys, "predict", "--checkpoint", unrecorded, "--test-indices", 0)
+    assert_one_line_error(status, err, "does not record the data its run trained on")
 
 
 def _set(path: list, value):

@@ -272,7 +272,7 @@ def test_compiled_network_computes_what_the_eager_one_does(data_dir):
 
 
 def test_train_py_compile_flag_trains_and_writes_a_loadable_checkpoint(data_dir, tmp_path):
-    from lightning_cnn.predict import load_checkpoint_model
+    from lightning_cnn.trained import load_checkpoint_model
 
     result = script("train.py", "--compile", "--accelerator", "cpu", "--epochs", 1, "--limit-train-batches", 20,
                     "--limit-test-batches", 5,

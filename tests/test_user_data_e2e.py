@@ -3,6 +3,7 @@ user's own data with ``lightning-cnn-train --keras-model DIR --data PATH`` (``py
 
 1. A small functional CNN with a residual block and its own Rescaling(1/255) layer, on a folder of real CIFAR-10
    PNGs (``train/<class>/``, ``test/<class>/``) written here: the loader must feed it raw 0..255 pixels.
+   Then ``lightning-cnn-predict`` answers for those PNGs from the run's checkpoint, as the run's test did.
 2. A Conv1D + LSTM sequence model on an ``.npz`` of real MNIST digits read as 28 rows of 28 pixels (uint8: the
    loader scales them by 1/255).
 TensorFlow runs only in the subprocesses that build and convert the Keras models; training runs without it.
@@ -100,6 +101,20 @@ def test_residual_cnn_trains_on_a_folder_of_cifar10_pngs(converted, data_dir, tm
     # 10 classes, 500 test images: the bound is 0.11 (largest class share) + 5 sd (0.067) = 0.18; measured 0.32.
     bound = chance_bound(y_test)
     assert bound < 0.2 < metrics["test_accuracy"], (bound, metrics["test_accuracy"])
+
+    # lightning-cnn-predict on the test PNGs, from the final checkpoint (the model that was tested): the twin rebuilt
+    # from its folder, the images fed raw as in training, answers named by the class folders.
+    files = sorted((tmp_path / "photos" / "test").glob("*/*.png"))
+    done = run("-m", "lightning_cnn.cli.predict", "--checkpoint", tmp_path / "run" / "checkpoints" / "last.ckpt",
+               *files, "--json", tmp_path / "predictions.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "predictions.json").read_text())
+    truth = [f.parent.name for f in files]
+    assert {r["predicted"] for r in records} <= set(truth)
+    accuracy = np.mean([r["predicted"] == t for r, t in zip(records, truth)])
+    # The same 500 images and network as the run's test: only float32 near-ties may flip (the copy sums in another
+    # order), so at most 2 of 500 answers differ; fed x/255 instead of raw pixels, the accuracy falls to chance.
+    assert abs(accuracy - metrics["test_accuracy"]) <= 2 / 500, (accuracy, metrics["test_accuracy"])
 
 
 def test_lstm_trains_on_an_npz_of_mnist_rows(converted, data_dir, tmp_path):

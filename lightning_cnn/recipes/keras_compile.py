@@ -25,7 +25,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -33,8 +32,8 @@ from torch import fx, nn
 from ..errors import UserError
 from .module import KerasStyleModule
 from .optim import make_keras_optimizer, read_keras_optimizer
-from ..predict import TWIN_CHECKPOINT_KEY
 
+TWIN_CHECKPOINT_KEY = "keras_model"  # in a --keras-model twin's checkpoints: the Keras model it was trained from
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(): Keras clips probabilities to [eps, 1 - eps] before the log
 
 # Keras loss names and aliases -> (canonical name, the final activations whose input is taken as the logits).

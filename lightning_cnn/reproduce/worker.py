@@ -22,7 +22,8 @@ def _train_lightning(job: dict, out_json: Path, threads: int) -> dict:
 
     from ..analysis import history_rows
     from ..data import load_dataset
-    from ..predict import load_checkpoint_model, predict_proba
+    from ..predict import predict_proba
+    from ..trained import load_checkpoint_model
     from ..specs import get_spec
     from ..run.training import RunConfig, fit_and_test
 
@@ -42,7 +43,7 @@ def _train_lightning(job: dict, out_json: Path, threads: int) -> dict:
         "test_accuracy": float(result["test_accuracy"]), "test_loss": float(result["test_loss"]),
         "n_test": int(result["test_samples"]), "test_is_partial": bool(result["test_is_partial"]),
         "history_rows": history_rows(result["history"], result["seconds_per_epoch"]),
-        "probs": predict_proba(model, spec, x_test).astype("float32"),
+        "probs": predict_proba(model, spec.preprocessing, x_test).astype("float32"),
         "versions": {"torch": torch.__version__, "lightning": lightning.__version__},
         "device": result["machine"],
     }

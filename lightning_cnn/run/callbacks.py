@@ -12,6 +12,7 @@ import lightning as L
 
 from ..atomic import atomic_path, write_text
 from ..errors import DivergedError
+from ..trained import DATA_RECORD_KEY
 
 # Our metric names -> the names Keras prints in its fit() log and History.
 KERAS_NAMES = {"train_loss": "loss", "train_acc": "accuracy", "val_loss": "val_loss", "val_acc": "val_accuracy"}
@@ -94,6 +95,17 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: Path, title: str = "
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.88 if title else 0.95, wspace=0.2)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+class DataRecord(L.Callback):
+    """Writes what the run's data was (``data.trained_on()``: class names, image shape, pixel preprocessing, data
+    set) into every checkpoint, so that prediction prepares images as training did and names the classes."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[DATA_RECORD_KEY] = self.data.trained_on()
 
 
 class TerminateOnNaN(L.Callback):

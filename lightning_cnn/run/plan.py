@@ -15,21 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import torch
-from torch import nn
 
 from ..datamodule import DATASET_SHAPES, ArrayDataModule
-from ..errors import CheckpointError, UsageError, UserError
-from ..predict import TWIN_CHECKPOINT_KEY, load_checkpoint_model, non_finite_tensors
+from ..errors import CheckpointError, UsageError
+from ..recipes.keras_compile import TWIN_CHECKPOINT_KEY
 from ..specs import ModelSpec, get_spec, with_train_images
+from ..trained import KerasModelError, load_checkpoint_model, load_twin, read_checkpoint, twin_state
 from ..user_data import UserDataError
 from ..user_data.model_inputs import ModelInputs
 
 TWIN_EPOCHS, TWIN_BATCH_SIZE = 1, 32  # a --keras-model run's defaults: one epoch, Keras's fit() batch size
-
-
-class KerasModelError(ValueError, UserError):
-    """A --keras-model that cannot be trained here (file kind, missing extra, inputs, non-finite weights)."""
 
 
 @dataclass
@@ -145,7 +140,7 @@ def _twin_model(config) -> RunModel:
         inputs = ModelInputs.of_twin(twin)
     except UserDataError as error:
         raise KerasModelError(f"--keras-model {config.keras_model}: {error}") from None
-    module = CompiledTwinModule(twin, compile_config, source=str(config.keras_model),
+    module = CompiledTwinModule(twin, compile_config, source=str(Path(config.keras_model).resolve()),
                                 compiled=config.compile, steps_per_execution=config.steps_per_execution)
     report = {"keras_model": str(config.keras_model), "dataset": config.dataset, "data": config.data,
               "loss": compile_config.loss, "optimizer": compile_config.optimizer}
@@ -167,45 +162,6 @@ def _check_image_model(model: RunModel, config) -> None:
                               "--data")
 
 
-def load_twin(path: str | Path) -> tuple[nn.Module, object]:
-    """(twin, its ``KerasCompile``) from a converted folder or a ``.keras`` file; weights checked finite (a folder's
-    by ``load_converted`` itself), the compile config checked field by field."""
-    from ..recipes.keras_compile import KerasCompile
-
-    path = Path(path)
-    if path.is_dir():
-        from ..converted import load_converted
-
-        twin = load_converted(path)
-        compile_file = path / "compile.json"
-        compile_config = KerasCompile.from_file(compile_file) if compile_file.is_file() else KerasCompile()
-        return twin, compile_config
-    if path.suffix != ".keras" or not path.is_file():
-        raise KerasModelError(f"--keras-model {path}: expected a .keras file or a folder written by "
-                              "python -m keras_ref.convert")
-    try:
-        from keras_ref.convert import compile_config_of_file, convert
-        from keras_ref.parity import load_keras_model
-    except ImportError as error:
-        raise KerasModelError(f"--keras-model {path}: converting a .keras file needs TensorFlow and Keras "
-                              f"({error}); install the [keras] extra, or convert it once elsewhere with "
-                              "python -m keras_ref.convert and pass the folder") from None
-    compile_config = KerasCompile.from_config(compile_config_of_file(path), f"{path} (its compile config)")
-    twin = convert(load_keras_model(path))
-    check_finite_weights(twin, path)
-    return twin, compile_config
-
-
-def check_finite_weights(network: nn.Module, where: str | Path) -> None:
-    """Every floating-point weight finite, else one line naming ``where`` and the first tensors: a Keras model that
-    had diverged (or a damaged file) would otherwise train on NaN and report ``loss: nan``."""
-    bad = non_finite_tensors(network.state_dict())
-    if bad:
-        raise KerasModelError(f"{where} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}"
-                              f"{' ...' if len(bad) > 3 else ''}): the Keras model it came from had diverged or the "
-                              "file is damaged; convert a model with finite weights")
-
-
 def check_resume_checkpoint(path: str, model: RunModel) -> None:
     """``--resume PATH`` holds a checkpoint of this very model (a documented model's for a documented run, this
     Keras model's twin for a --keras-model run), whole and finite; else one line saying which it is."""
@@ -214,24 +170,11 @@ def check_resume_checkpoint(path: str, model: RunModel) -> None:
     if model.spec is not None:
         load_checkpoint_model(path, model.spec.id)  # the same model, whole and finite, or a CheckpointError
         return
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state = checkpoint["state_dict"]
-    except Exception as error:  # unpickling refused, damaged, or no state_dict: not a checkpoint to trust
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(error).strip().splitlines()[0]}") from None
+    checkpoint = read_checkpoint(path)
     if TWIN_CHECKPOINT_KEY not in checkpoint:
         saved = (checkpoint.get("hyper_parameters") or {}).get("model_id", "a documented model")
         raise CheckpointError(f"--resume {path} is a checkpoint of the documented model {saved!r}, not of a "
                               f"--keras-model twin: resume it with --model {saved} (without --keras-model), or "
                               "pass the twin run's OUT/checkpoints/last.ckpt")
-    expected = {k: tuple(v.shape) for k, v in model.module.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if expected != found:
-        differing = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
-        raise CheckpointError(f"--resume {path} was written for the twin of {checkpoint[TWIN_CHECKPOINT_KEY]}, "
-                              f"whose weights do not fit --keras-model {model.report['keras_model']} (first "
-                              f"difference: {differing[0]}): pass the checkpoint of a run of this model")
-    bad = non_finite_tensors(state)
-    if bad:
-        raise CheckpointError(f"--resume {path} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}): the "
-                              "run that wrote it diverged; resume from an earlier checkpoint")
+    twin_state(checkpoint, model.module.state_dict(), f"--resume {path}",
+               f"--keras-model {model.report['keras_model']}", "pass the checkpoint of a run of this model")

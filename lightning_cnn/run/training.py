@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, Mod
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from . import checks as run_checks
-from .callbacks import EpochHistory, TerminateOnNaN
+from .callbacks import DataRecord, EpochHistory, TerminateOnNaN
 from .checkpoint_io import AtomicCheckpointIO
 from ..errors import Interrupted, Terminated, UsageError
 from ..nets.pretrained import find_vgg16_weights, load_vgg16_features
@@ -244,7 +244,7 @@ def _fit_and_test(config: RunConfig, model: RunModel, data, out: Path) -> dict:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss" if
                                  data.has_validation else "train_loss", mode="min", save_last=True,
                                  enable_version_counter=False)
-    callbacks = [history, TerminateOnNaN(), checkpoint]
+    callbacks = [history, TerminateOnNaN(), checkpoint, DataRecord(data)]
     if spec is not None and spec.recipe.early_stopping_patience and data.has_validation:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=spec.recipe.early_stopping_patience))
     limits = {key: value for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")

@@ -80,6 +80,7 @@ class UserDataModule(L.LightningDataModule):
         height, width = self.model.image_size(spec, image_size)
         preprocessing = self.model.preprocessing(rescale, spec)
         mode = IMAGE_MODES[spec.shape[2]]
+        self.image_shape, self.preprocessing = (height, width, spec.shape[2]), preprocessing
         self.splits = {role: None if files is None else ImageFiles(files, height, width, mode, preprocessing)
                        for role, files in (("train", folders.train), ("val", folders.val), ("test", folders.test))}
         log.info("--data %s: %s images in %d classes, as %dx%d %s, pixels %s", self.path,
@@ -91,6 +92,10 @@ class UserDataModule(L.LightningDataModule):
         self.num_classes = loaded.pop("num_classes")
         self.class_names = tuple(str(i) for i in range(self.num_classes))
         self.splits = loaded
+        first = self.model.inputs[0]  # images given to the model later are 8-bit pixels, scaled as uint8 arrays are
+        fixed_image = first.is_image and not first.integer_ids and all(isinstance(n, int) for n in first.shape)
+        self.image_shape = first.shape if fixed_image else None
+        self.preprocessing = self.model.preprocessing(rescale, first)
         log.info("--data %s: %s samples, %d classes", self.path,
                  " / ".join(f"{len(s):,} {role}" for role, s in self.splits.items() if s is not None),
                  self.num_classes)
@@ -103,6 +108,11 @@ class UserDataModule(L.LightningDataModule):
     @property
     def has_validation(self) -> bool:
         return self.splits["val"] is not None
+
+    def trained_on(self) -> dict:
+        """What checkpoints record of this data for prediction (``trained.DATA_RECORD_KEY``)."""
+        return {"class_names": list(self.class_names), "preprocessing": self.preprocessing, "dataset": None,
+                "image_shape": None if self.image_shape is None else list(self.image_shape)}
 
     def train_size(self) -> int:
         return len(self.splits["train"])
