@@ -180,3 +180,48 @@ def test_dense_on_a_sequence_acts_on_the_last_axis(matmul_path):
     with torch.inference_mode():
         assert_close(torch.relu(dense(x)), fast(x))
     assert fast(x).shape == (2, 3, 4)
+
+
+class Pools(nn.Module):
+    """NASNet's adjust block (pad, crop, then a 1x1 pooling with stride 2), other paddings under strided 1x1
+    poolings, max poolings with and without Keras's 'same' padding, and a max pooling too wide to rewrite."""
+
+    def __init__(self):
+        super().__init__()
+        from lightning_cnn.nets.layers import SamePool
+
+        self.pad_end = nn.ZeroPad2d((0, 1, 0, 1))
+        self.sample2, self.sample3 = nn.AvgPool2d(1, 2), nn.MaxPool2d(1, 3)
+        self.max3s2, self.max2, self.max32 = nn.MaxPool2d(3, 2), nn.MaxPool2d(2), nn.MaxPool2d((3, 2), (1, 2))
+        self.same_max = SamePool("max", (3, 3), (2, 2))
+
+    def forward(self, x):
+        adjusted = self.sample2(F.pad(self.pad_end(x), (-1, 0, -1, 0)))  # Keras: ZeroPadding2D -> Cropping2D
+        padded = self.sample3(F.pad(x, (2, 1, 0, 3)))
+        cropped = self.sample2(F.pad(x, (-1, -2, -3, 0)))
+        wide = self.max3s2(torch.cat([x] * 30, 1))  # 150 channels: torch's own max pooling is kept
+        return (adjusted, padded, cropped, self.max3s2(x), self.max2(x), self.max32(x), self.same_max(x), wide)
+
+
+def test_strided_samples_and_max_poolings_equal_torchs():
+    """1x1 strided poolings read the unpadded tensor (the paddings and crops under them gone from the graph) and
+    max poolings are shifted maxima: both exactly torch's result (a max and a 1x1 average round nothing), on odd and
+    even sizes, with a NaN propagated as max pooling propagates it."""
+    from lightning_cnn.converted.inference import SeparableMaxPool2d, StridedSample
+
+    model = Pools().eval()  # traced as model.py is: SamePool stays one call
+    fast = prepare_for_inference(model)
+    assert sum(isinstance(m, StridedSample) for m in fast.modules()) == 3
+    assert sum(isinstance(m, SeparableMaxPool2d) for m in fast.modules()) == 5  # the wide one calls torch at run time
+    assert not any(n.target is F.pad or isinstance(fast.get_submodule(n.target) if n.op == "call_module" else None,
+                                                   nn.ZeroPad2d) for n in fast.graph.nodes)
+    for shape in ((2, 5, 11, 11), (1, 5, 12, 10), (3, 5, 7, 16)):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        x[0, 1, 3, 4] = float("nan")
+        with torch.inference_mode():
+            outputs = list(zip(model(x), fast(x)))
+        for expected, got in outputs:
+            assert expected.shape == got.shape
+            assert torch.equal(expected.isnan(), got.isnan())
+            assert torch.equal(expected.nan_to_num(), got.nan_to_num())
+        assert sum(bool(expected.isnan().any()) for expected, _ in outputs) >= 5  # every max pooling saw the NaN
