@@ -211,6 +211,7 @@ _IN_PLACE = {"none": lambda y, scalars: y, "relu": lambda y, scalars: y.relu_(),
 
 
 MATMUL_BELOW = 2 ** 20
+NARROW_ROWS = 1024  # from this many rows, a product with a width not a multiple of 8 goes to oneDNN at any size
 
 
 class _Matmul(_ReorderedWeight):
@@ -220,7 +221,9 @@ class _Matmul(_ReorderedWeight):
     (``_ReorderedWeight``; unreordered, oneDNN reorders it on every call: 157 against 92 us for 9x512 by 512x2048).
     ``torch.mm``/``F.linear`` go to MKL, whose float32 GEMM runs AVX2 code on AMD CPUs (105-112 GFLOP/s against
     oneDNN's 150-250 on this AVX-512 EPYC, 1 thread). Below it ``addmm`` then the post-op in place: oneDNN's call has
-    a fixed cost of ~15 us (9x176 by 176x176: 11 us against 19 us; even at ~10^6)."""
+    a fixed cost of ~12-15 us (9x176 by 176x176: 10 us against 14 us), except for many rows of a width that is not a
+    multiple of 8 (``NARROW_ROWS``), where MKL's edge code is slow: NASNetMobile's 4608x11 by 11x11, 114 us against
+    23 us (1152x22 by 22x22: 22 against 19; 576x11 by 11x11, 15 against 12.5, stays)."""
 
     post_op: tuple
 
@@ -230,7 +233,8 @@ class _Matmul(_ReorderedWeight):
     def matmul(self, rows: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         attr, scalars, algorithm = self.post_op
         matrix = self._matrix()
-        if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MATMUL_BELOW:
+        (m, k), n = rows.shape, matrix.shape[0]
+        if m * n * k < MATMUL_BELOW and (m < NARROW_ROWS or (n % 8 == 0 and k % 8 == 0)):
             y = torch.mm(rows, matrix.t()) if self.bias is None else torch.addmm(self.bias, rows, matrix.t())
             return _IN_PLACE[attr](y if other is None else y.add_(other), scalars)
         packed = self._reordered_for(rows.shape[0],
