@@ -47,15 +47,16 @@ def non_finite_tensors(state: dict) -> list[str]:
             and not bool(torch.isfinite(v).all())]
 
 
-def read_checkpoint(path: str | Path, where: str = "") -> dict:
+def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict at ``path`` (tensors and plain containers only), or one line saying why not."""
-    where = where or str(path)
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (a run writes OUT/checkpoints/best.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused or file damaged: both mean "not a checkpoint we can trust"
-        raise CheckpointError(f"cannot read checkpoint {where}: {_first_line(error)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointError(f"{where} is not a lightning_cnn checkpoint (no state_dict of a model)")
+        raise CheckpointError(f"{path} is not a lightning_cnn checkpoint (no state_dict of a model)")
     return checkpoint
 
 
@@ -65,8 +66,6 @@ def load_trained(path: str | Path, keras_model: str | Path | None = None) -> Tra
     A twin's architecture is the Keras model its run trained (the path its checkpoint names), or ``keras_model``
     when given (the folder moved, or was converted again); its weights must fit that architecture exactly."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (a run writes OUT/checkpoints/best.ckpt)")
     checkpoint = read_checkpoint(path)
     if checkpoint.get(TWIN_CHECKPOINT_KEY):
         return _trained_twin(path, checkpoint, keras_model)
@@ -88,8 +87,6 @@ def load_checkpoint_model(path: str | Path, model_id: str | None = None) -> tupl
     run's NaN weights would otherwise print NaN probabilities as if they were answers.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (a run writes OUT/checkpoints/best.ckpt)")
     checkpoint = read_checkpoint(path)
     if checkpoint.get(TWIN_CHECKPOINT_KEY):
         raise CheckpointError(f"{path} is a checkpoint of the twin of --keras-model {checkpoint[TWIN_CHECKPOINT_KEY]}, "
