@@ -11,11 +11,27 @@ import logging
 import sys
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a message comes (a caller's redirect or capture), not to the
+    stream of the first command run in the process, which may be closed by then."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def show_library_messages() -> None:
     """Print the library's ``lightning_cnn`` log messages (model summary, weights used) on stdout, unadorned."""
     logger = logging.getLogger("lightning_cnn")
     if not any(getattr(h, "lightning_cnn_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _CurrentStdout()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.lightning_cnn_cli = True
         logger.addHandler(handler)
