@@ -280,6 +280,31 @@ def test_bad_data_is_one_line_and_exit_2(capsys, digits_folder, tmp_path, reliab
     reliability("your own data (`--data`)", kind, line)
 
 
+RESUME_ON_OTHER_DATA = {  # what changed since the run started -> (the change, what the line names)
+    "a renamed class folder": (lambda folder: (folder / "9").rename(folder / "nine"), [],
+                               "other classes (9 only there; nine only here)"),
+    "--rescale none": (lambda folder: None, ["--rescale", "none"], "pixels scaled as scale_255, this run's data has raw"),
+}
+
+
+@pytest.mark.parametrize("change", list(RESUME_ON_OTHER_DATA))
+def test_resume_on_other_data_is_refused(capsys, digits_folder, tmp_path, reliability, change):
+    """A checkpoint records the data its run trained on; resuming on other classes or other pixel scaling would
+    silently relabel or rescale what the network learned."""
+    folder = Path(shutil.copytree(digits_folder, tmp_path / "digits"))
+    common = ["--model", MODEL, "--accelerator", "cpu", "--epochs", "1", "--batch-size", "10"]
+    status, err = cli(capsys, "train", *common, "--data", folder, "--out", tmp_path / "a")
+    assert status == 0, err
+    alter, flags, needle = RESUME_ON_OTHER_DATA[change]
+    alter(folder)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    status, err = cli(capsys, "train", *common, "--epochs", "2", "--data", folder, "--out", tmp_path / "b", *flags,
+                      "--resume", last)
+    line = assert_one_line_error(status, err, f"--resume {last}", needle, "leave --resume out")
+    assert not (tmp_path / "b").exists()  # refused before the run folder is made
+    reliability("checkpoints", f"`train.py --resume` on other data: {change}", line)
+
+
 # --- bad flags: refused before any work, naming the flag -------------------------------------------------------
 
 BAD_VALUES = [

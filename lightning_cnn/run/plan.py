@@ -20,7 +20,8 @@ from ..datamodule import DATASET_SHAPES, ArrayDataModule
 from ..errors import CheckpointError, UsageError
 from ..recipes.keras_compile import TWIN_CHECKPOINT_KEY
 from ..specs import ModelSpec, get_spec, with_train_images
-from ..trained import KerasModelError, load_checkpoint_model, load_twin, read_checkpoint, twin_state
+from ..trained import (DATA_RECORD_KEY, KerasModelError, load_checkpoint_model, load_twin, read_checkpoint,
+                       twin_state)
 from ..user_data import UserDataError
 from ..user_data.model_inputs import ModelInputs
 
@@ -162,15 +163,22 @@ def _check_image_model(model: RunModel, config) -> None:
                               "--data")
 
 
-def check_resume_checkpoint(path: str, model: RunModel) -> None:
+def check_resume_checkpoint(path: str, model: RunModel, data) -> None:
     """``--resume PATH`` holds a checkpoint of this very model (a documented model's for a documented run, this
-    Keras model's twin for a --keras-model run), whole and finite; else one line saying which it is."""
+    Keras model's twin for a --keras-model run), whole and finite, trained on data like ``data`` (the same classes,
+    image shape, pixel scaling and data set, as its record says); else one line saying which it is."""
     if not Path(path).is_file():
         raise UsageError(f"--resume {path}: no such checkpoint file")
+    checkpoint = read_checkpoint(path)
     if model.spec is not None:
         load_checkpoint_model(path, model.spec.id)  # the same model, whole and finite, or a CheckpointError
-        return
-    checkpoint = read_checkpoint(path)
+    else:
+        _check_twin_checkpoint(path, checkpoint, model)
+    _check_same_data(path, checkpoint.get(DATA_RECORD_KEY), data.trained_on())
+
+
+def _check_twin_checkpoint(path: str, checkpoint: dict, model: RunModel) -> None:
+    """A --keras-model run resumes from a checkpoint of this Keras model's twin, whole and finite."""
     if TWIN_CHECKPOINT_KEY not in checkpoint:
         saved = (checkpoint.get("hyper_parameters") or {}).get("model_id", "a documented model")
         raise CheckpointError(f"--resume {path} is a checkpoint of the documented model {saved!r}, not of a "
@@ -178,3 +186,31 @@ def check_resume_checkpoint(path: str, model: RunModel) -> None:
                               "pass the twin run's OUT/checkpoints/last.ckpt")
     twin_state(checkpoint, model.module.state_dict(), f"--resume {path}",
                f"--keras-model {model.report['keras_model']}", "pass the checkpoint of a run of this model")
+
+
+_RECORDED = {"image_shape": "images (H, W, C)", "preprocessing": "pixels scaled as", "dataset": "the data set"}
+
+
+def _check_same_data(path: str, recorded: dict | None, now: dict) -> None:
+    """A resumed run goes on with the data it started with: other classes would silently relabel what it learned,
+    another size or pixel scaling would feed it inputs it never saw. A checkpoint from before runs recorded their
+    data has nothing to compare."""
+    if not isinstance(recorded, dict):
+        return
+    fix = "resume with the data (and --rescale, --image-size) the run started with, or leave --resume out to start " \
+          "a new run"
+    before, classes = list(recorded.get("class_names") or []), list(now["class_names"])
+    if before != classes:
+        gone, new = [c for c in before if c not in classes], [c for c in classes if c not in before]
+        difference = "; ".join(part for part in (gone and f"{_few(gone)} only there", new and f"{_few(new)} only here")
+                               if part) or "the same classes in another order"
+        raise UsageError(f"--resume {path}: its run trained on other classes ({difference}); {fix}")
+    for key, what in _RECORDED.items():
+        if recorded.get(key) != now[key]:
+            shown = [tuple(v) if isinstance(v, list) else v for v in (recorded.get(key), now[key])]
+            raise UsageError(f"--resume {path}: its run trained on {what} {shown[0]}, this run's data has "
+                             f"{shown[1]}; {fix}")
+
+
+def _few(names: list) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

@@ -180,7 +180,7 @@ def fit_and_test(config: RunConfig) -> dict:
         raise UsageError(f"--limit-val-batches {config.limit_val_batches}: this run has no validation data "
                          "(leave it out)")
     if config.resume:
-        check_resume_checkpoint(config.resume, model)
+        check_resume_checkpoint(config.resume, model, data)
     out = Path(config.out or Path("runs") / model.name)
     with preserved_process_state():
         if _is_launched_worker():
