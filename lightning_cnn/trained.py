@@ -72,7 +72,7 @@ def load_trained(path: str | Path, keras_model: str | Path | None = None) -> Tra
     if keras_model is not None:
         raise CheckpointError(f"{path} is a checkpoint of a documented model, not of a --keras-model twin: "
                               f"leave --keras-model {keras_model} out")
-    model, spec = _documented_model(path, checkpoint)
+    model, spec = documented_model(path, checkpoint)
     record = checkpoint.get(DATA_RECORD_KEY) or {  # written before runs recorded their data: the recipe's own
         "class_names": list(CLASS_NAMES[spec.dataset]), "image_shape": list(spec.input_shape),
         "preprocessing": spec.preprocessing, "dataset": spec.dataset}
@@ -87,14 +87,14 @@ def load_checkpoint_model(path: str | Path, model_id: str | None = None) -> tupl
     run's NaN weights would otherwise print NaN probabilities as if they were answers.
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path)
+    return documented_model(path, read_checkpoint(path), model_id)
+
+
+def documented_model(path: Path, checkpoint: dict, model_id: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """``load_checkpoint_model`` for a checkpoint already read (``read_checkpoint``)."""
     if checkpoint.get(TWIN_CHECKPOINT_KEY):
         raise CheckpointError(f"{path} is a checkpoint of the twin of --keras-model {checkpoint[TWIN_CHECKPOINT_KEY]}, "
                               "not of a documented model: resume it with that --keras-model")
-    return _documented_model(path, checkpoint, model_id)
-
-
-def _documented_model(path: Path, checkpoint: dict, model_id: str | None = None) -> tuple[nn.Module, ModelSpec]:
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
         saved_id = (checkpoint.get("hyper_parameters") or {}).get("model_id") or _model_fitting(path, state)

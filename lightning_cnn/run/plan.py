@@ -20,7 +20,7 @@ from ..datamodule import DATASET_SHAPES, ArrayDataModule
 from ..errors import CheckpointError, UsageError
 from ..recipes.keras_compile import TWIN_CHECKPOINT_KEY
 from ..specs import ModelSpec, get_spec, with_train_images
-from ..trained import (DATA_RECORD_KEY, KerasModelError, load_checkpoint_model, load_twin, read_checkpoint,
+from ..trained import (DATA_RECORD_KEY, KerasModelError, documented_model, load_twin, read_checkpoint,
                        twin_state)
 from ..user_data import UserDataError
 from ..user_data.model_inputs import ModelInputs
@@ -171,7 +171,7 @@ def check_resume_checkpoint(path: str, model: RunModel, data) -> None:
         raise UsageError(f"--resume {path}: no such checkpoint file")
     checkpoint = read_checkpoint(path)
     if model.spec is not None:
-        load_checkpoint_model(path, model.spec.id)  # the same model, whole and finite, or a CheckpointError
+        documented_model(Path(path), checkpoint, model.spec.id)  # the same model, whole and finite, else one line
     else:
         _check_twin_checkpoint(path, checkpoint, model)
     _check_same_data(path, checkpoint.get(DATA_RECORD_KEY), data.trained_on())
