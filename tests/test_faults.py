@@ -12,6 +12,7 @@ import gzip
 import importlib
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -1027,9 +1028,17 @@ def test_logger_writes_beside_metrics_csv(data_dir, tmp_path, reliability, logge
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768-60999): a port the kernel picks from that range can be handed
+    to another process's outgoing connection (a DDP test's gloo group on the other pytest worker) before torchrun
+    binds it, and the rendezvous then hangs (the likely cause of one suite run where both nodes timed out after 300 s)."""
+    for port in random.Random(os.getpid()).sample(range(20000, 32000), 100):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def test_two_nodes_with_torchrun_train_as_one_process_with_the_same_global_batch(data_dir, tmp_path, reliability):
