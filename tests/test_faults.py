@@ -284,7 +284,8 @@ def test_bad_data_is_one_line_and_exit_2(capsys, digits_folder, tmp_path, reliab
 RESUME_ON_OTHER_DATA = {  # what changed since the run started -> (the change, what the line names)
     "a renamed class folder": (lambda folder: (folder / "9").rename(folder / "nine"), [],
                                "other classes (9 only there; nine only here)"),
-    "--rescale none": (lambda folder: None, ["--rescale", "none"], "pixels scaled as scale_255, this run's data has raw"),
+    "--rescale none": (lambda folder: None, ["--rescale", "none"],
+                       "pixels scaled as scale_255, this run's data has raw"),
 }
 
 
@@ -846,7 +847,8 @@ def test_predict_refuses_a_twin_checkpoint_it_cannot_rebuild(capsys, twins, twin
                       "--test-indices", 0)
     line = assert_one_line_error(status, err, "do not fit --keras-model", "twin5", "first difference")
     reliability("checkpoints given to `predict`", "a twin's checkpoint with --keras-model of another model", line)
-    status, err = cli(capsys, "predict", "--checkpoint", trained, "--keras-model", twins / "twin10", "--test-indices", 0)
+    status, err = cli(capsys, "predict", "--checkpoint", trained, "--keras-model", twins / "twin10",
+                      "--test-indices", 0)
     assert_one_line_error(status, err, "documented model", "leave --keras-model")
     unrecorded = tmp_path / "unrecorded.ckpt"
     checkpoint = torch.load(twin_checkpoint, map_location="cpu", weights_only=True)
@@ -1030,7 +1032,8 @@ def test_logger_writes_beside_metrics_csv(data_dir, tmp_path, reliability, logge
 def _free_port() -> int:
     """A free port below Linux's ephemeral range (32768-60999): a port the kernel picks from that range can be handed
     to another process's outgoing connection (a DDP test's gloo group on the other pytest worker) before torchrun
-    binds it, and the rendezvous then hangs (the likely cause of one suite run where both nodes timed out after 300 s)."""
+    binds it, and the rendezvous then hangs (the likely cause of one suite run where both nodes timed out after
+    300 s)."""
     for port in random.Random(os.getpid()).sample(range(20000, 32000), 100):
         with socket.socket() as probe:
             try:
