@@ -21,7 +21,6 @@ import socket
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 from pathlib import Path
