@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .data import CLASS_NAMES, PREPROCESSING
+from .datamodule import ArrayDataModule
 from .errors import CheckpointError, UserError
 from .nets.models import build_model
 from .recipes.keras_compile import TWIN_CHECKPOINT_KEY
@@ -73,9 +74,8 @@ def load_trained(path: str | Path, keras_model: str | Path | None = None) -> Tra
         raise CheckpointError(f"{path} is a checkpoint of a documented model, not of a --keras-model twin: "
                               f"leave --keras-model {keras_model} out")
     model, spec = documented_model(path, checkpoint)
-    record = checkpoint.get(DATA_RECORD_KEY) or {  # written before runs recorded their data: the recipe's own
-        "class_names": list(CLASS_NAMES[spec.dataset]), "image_shape": list(spec.input_shape),
-        "preprocessing": spec.preprocessing, "dataset": spec.dataset}
+    # written before runs recorded their data: what a run of the recipe on its own data set records
+    record = checkpoint.get(DATA_RECORD_KEY) or ArrayDataModule.from_spec(spec).trained_on()
     return _with_record(path, model, record, spec.num_classes, "softmax")
 
 

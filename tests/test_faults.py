@@ -448,6 +448,20 @@ def test_predict_refuses_a_checkpoint_with(capsys, trained, tmp_path, reliabilit
     reliability("checkpoints given to `predict`", fault, line)
 
 
+def test_predict_reads_a_documented_checkpoint_from_before_runs_recorded_their_data(capsys, trained, data_dir,
+                                                                                   tmp_path):
+    """Without ``trained_on`` a documented model's checkpoint is taken as trained on its recipe's data: the same
+    answers as with the record its run wrote."""
+    old = _altered(trained, tmp_path, lambda c: c.pop("trained_on"))
+    answers = []
+    for path in (trained, old):
+        status, err = cli(capsys, "predict", "--checkpoint", path, "--test-indices", 0, 1, "--data-dir", data_dir,
+                          "--json", tmp_path / "p.json")
+        assert status == 0, err
+        answers.append(json.loads((tmp_path / "p.json").read_text()))
+    assert answers[0] == answers[1] and answers[0][0]["true"] == "7"
+
+
 def test_truncated_checkpoint_is_refused(capsys, trained, tmp_path, reliability):
     path = tmp_path / "half.ckpt"
     path.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
