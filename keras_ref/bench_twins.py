@@ -276,6 +276,7 @@ def _ceiling_cells(record: dict, fastest: float | None) -> str:
 
 
 def render(results: list[dict], command: str, machine: str) -> str:
+    fastest = [fastest_rate(result) for result in results]  # one per thread count
     lines = ["# Converted twins vs Keras on this CPU", "",
              f"Command: `{command}`  ", f"Machine: {machine}; torch {results[0]['torch']}, keras "
              f"{results[0]['keras']}, tensorflow {results[0]['tensorflow']}", "",
@@ -286,8 +287,8 @@ def render(results: list[dict], command: str, machine: str) -> str:
              "## Inference (images/s; ratio to Keras `predict_on_batch`)", "",
              "Ceiling: the fastest float32 rate seen on this CPU in the run (`fastest_rate`: oneDNN's 3x3 "
              "convolution or matrix product, or any model and batch on either side; " +
-             ", ".join(f"{fastest_rate(r):.0f} GFLOP/s at {r['threads']} thread(s)" for r in results
-                       if fastest_rate(r)) +
+             ", ".join(f"{rate:.0f} GFLOP/s at {r['threads']} thread(s)" for r, rate in zip(results, fastest)
+                       if rate) +
              ") over Keras's own GFLOP/s (the convolutions' and matrix products' operations, `gflop_per_image`, "
              "times its images/s): the ratio a float32 copy would reach if every one of its operations ran at that "
              "rate and nothing else cost time. Where it is under 1.3, a 1.3x target asks for more than this CPU "
@@ -295,15 +296,14 @@ def render(results: list[dict], command: str, machine: str) -> str:
              "| model | input | threads | batch | Keras | twin | model.py | prepared | prepared model.py | twin / K "
              "| model.py / K | prepared / K | prepared model.py / K | Keras GFLOP/s | ceiling |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for result in results:
-        fastest = fastest_rate(result)
+    for result, rate in zip(results, fastest):
         for r in result["inference"]:
             labels = ("twin", "model.py", "prepared", "model.py prepared")
             lines.append(f"| {r['model']} | {r['size']} | {result['threads']} | {r['batch']} | "
                          f"{r['keras_images_per_s']:.1f} | "
                          + " | ".join(f"{r[label + '_images_per_s']:.1f}" for label in labels) + " | "
                          + " | ".join(f"{r[label + '_vs_keras']:.2f}×" for label in labels) + " | "
-                         + _ceiling_cells(r, fastest) + " |")
+                         + _ceiling_cells(r, rate) + " |")
     training_rows = [(result["threads"], r) for result in results for r in result["training"]]
     if training_rows:
         lines += ["", f"## Training at batch {TRAIN_BATCH} (images/s; Keras `fit` vs the twin through "

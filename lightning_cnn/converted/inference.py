@@ -237,8 +237,7 @@ class _Matmul(_ReorderedWeight):
         if m * n * k < MATMUL_BELOW and (m < NARROW_ROWS or (n % 8 == 0 and k % 8 == 0)):
             y = torch.mm(rows, matrix.t()) if self.bias is None else torch.addmm(self.bias, rows, matrix.t())
             return _IN_PLACE[attr](y if other is None else y.add_(other), scalars)
-        packed = self._reordered_for(rows.shape[0],
-                                     lambda: torch.ops.mkldnn._reorder_linear_weight(matrix, rows.shape[0]))
+        packed = self._reordered_for(m, lambda: torch.ops.mkldnn._reorder_linear_weight(matrix, m))
         if other is None:
             return torch.ops.mkldnn._linear_pointwise(rows, packed, self.bias, attr, scalars, algorithm)
         return _IN_PLACE[attr](torch.ops.mkldnn._linear_pointwise.binary(rows, other, packed, self.bias, "add"),
