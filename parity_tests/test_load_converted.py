@@ -118,6 +118,44 @@ def test_loaded_twin_is_readable_and_trainable(saved):
     assert all(p.requires_grad for p in twin.parameters())
 
 
+def _conv_inputs_channels_last(model, *inputs) -> list:
+    """For each 2-D convolution ``model`` runs on ``inputs``: whether its input was in channels-last memory."""
+    import torch
+
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last))) for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(*inputs)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_twin_and_model_py_convolve_channels_last_memory(saved, tmp_path):
+    """Given a contiguous NCHW image, the twin and model.py run their convolutions on NHWC memory (oneDNN's fast
+    path on CPU); a model with no 2-D convolution leaves its rank-4 input as it is."""
+    import importlib.util
+
+    import torch
+
+    _, folder = saved
+    x = torch.from_numpy(np.ascontiguousarray(images().transpose(0, 3, 1, 2)))
+    spec = importlib.util.spec_from_file_location("small_model_py", folder / "model.py")
+    source = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(source)
+    for model in (lightning_cnn.load_converted(folder), source.load(folder)):
+        assert _conv_inputs_channels_last(model, x) == [True, True]
+        assert torch.equal(model(x), model(x.contiguous(memory_format=torch.channels_last)))
+
+    inputs = keras.Input((9, 9, 3), name="image")
+    dense = keras.Model(inputs, layers.Dense(2, name="logits")(layers.Flatten(name="flatten")(inputs)))
+    plain = save_converted(randomize(dense), tmp_path / "dense")
+    assert "channels_last" not in (plain / "model.py").read_text()
+    assert "channels_last" not in lightning_cnn.load_converted(plain).code
+
+
 def _copy(folder: Path, dest: Path) -> Path:
     dest.mkdir()
     for f in folder.iterdir():

@@ -29,7 +29,7 @@ from .vocabulary import FUNCTIONS, HELPER_FUNCTIONS, METHODS, MODULES, is_ref, i
 
 FORMAT, VERSION = "lightning-cnn-graph", 2
 __all__ = ["FORMAT", "VERSION", "LAYOUT_RULE", "ConvertedModelError", "python_name", "check_graph", "build_twin",
-           "load_converted", "read_graph"]
+           "load_converted", "read_graph", "channels_last_inputs"]
 
 
 class ConvertedModelError(ValueError, UserError):
@@ -287,6 +287,20 @@ def build_module(spec: dict) -> nn.Module:
     return module
 
 
+# Modules whose oneDNN (CPU) and cuDNN kernels run fastest on channels-last (NHWC) memory.
+_CHANNELS_LAST_MODULES = frozenset({"nn.Conv2d", "nn.ConvTranspose2d"})
+
+
+def channels_last_inputs(graph: dict) -> list:
+    """The rank-4 inputs the twin and model.py put in channels-last memory on entry (NHWC, Keras's own layout;
+    the shape stays NCHW), in a graph with 2-D convolutions: every op after them then keeps that layout, and
+    PyTorch's CPU convolutions on NHWC memory go to oneDNN (a contiguous NCHW input made the twin 1.2-1.9x slower
+    on ResNet50, Xception, NASNetMobile, EfficientNetB0, DenseNet121 and VGG16, 1 thread, batch 1-32)."""
+    if not any(entry["module"]["cls"] in _CHANNELS_LAST_MODULES for entry in graph["modules"]):
+        return []
+    return [spec["name"] for spec in graph["inputs"] if len(spec["shape"]) == 4]
+
+
 def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
     """The twin (randomly initialised) that ``graph`` describes; every field is checked first."""
     check_graph(graph, where)
@@ -301,7 +315,11 @@ def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
         module.keras_class, module.keras_path = entry["keras_class"], entry["keras_path"]
         root.add_module(entry["name"], module)
     g = fx.Graph()
-    values = {spec["name"]: g.placeholder(spec["name"]) for spec in graph["inputs"]}
+    placeholders = {spec["name"]: g.placeholder(spec["name"]) for spec in graph["inputs"]}
+    values = dict(placeholders)
+    for name in channels_last_inputs(graph):
+        values[name] = g.create_node("call_method", "contiguous", (values[name],),
+                                     {"memory_format": torch.channels_last}, name=f"_{name}_channels_last")
     for node in graph["nodes"]:
         reads = [values[v] for v in node["inputs"]]
         current = reads[0] if reads else None
@@ -325,7 +343,7 @@ def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
     twin.input_specs = graph["inputs"]
     twin.masked_outputs = graph.get("masked_outputs", [])  # Keras weights their loss by the mask (not reproduced)
     # graph.json value name -> the fx node computing it (fx renames a value that shadows a builtin: max -> max_1)
-    twin.node_names = {value: node.name for value, node in values.items()}
+    twin.node_names = {value: node.name for value, node in {**values, **placeholders}.items()}
     # input name -> the Keras classes of the calls that read it directly (what data an input takes: ids, pixels)
     twin.input_readers = {spec["name"]: [node["keras_class"] for node in graph["nodes"]
                                          if spec["name"] in node["inputs"]] for spec in graph["inputs"]}
