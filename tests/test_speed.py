@@ -148,6 +148,38 @@ def test_the_direct_step_steps_aside_for_an_overridden_hook_or_clipping(data_dir
     _assert_same_training(clipped, _fit(data_dir, LIGHTNING_WAY, gradient_clip_val=0.01))
 
 
+def test_lean_bookkeeping_steps_aside_for_step_logging_and_transfer_hooks(data_dir):
+    """A module that logs a value on every step, and one whose batch-transfer hook changes the batch: Lightning's
+    own per-batch logging and transfer run for them, with the same results as without the loop tricks."""
+    import lightning as L
+
+    from lightning_cnn.datamodule import InMemoryLoader
+    from lightning_cnn.run.training import make_trainer
+
+    class StepLogging(KerasRecipeModule):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("step_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            return loss
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            self.transfers = getattr(self, "transfers", 0) + 1
+            x, y = batch
+            return -x, y  # changes what is trained: a skipped hook would show in the weights
+
+    x, y = _real_batches(data_dir)
+    runs = []
+    for speed in (Speed(), LIGHTNING_WAY):
+        L.seed_everything(0, verbose=False)
+        module = StepLogging("mnist_cnn_dropout", seed=0, speed=speed)
+        trainer = make_trainer(accelerator="cpu", max_epochs=2, speed=speed, log_every_n_steps=1)
+        trainer.fit(module, train_dataloaders=InMemoryLoader(x, y, 32, shuffle=True))
+        runs.append((module, trainer, trainer.fit_loop.epoch_loop.automatic_optimization))
+        assert module.transfers == 14 and "step_loss" in trainer.progress_bar_metrics
+    assert runs[0][1].logged_metrics["step_loss"] == runs[1][1].logged_metrics["step_loss"]
+    _assert_same_training(*runs)
+
+
 def test_cached_step_signatures_are_the_methods_own():
     import inspect
 

@@ -37,7 +37,9 @@ class Speed:
       overridden (by the module or a callback) and nothing else stands between (one device, 32-bit, no clipping,
       accumulation or profiler); otherwise Lightning's own path (``speed/loop.py``).
     - ``lean_dispatch``: the trainer's default (recording-nothing) profiler hands out one shared no-op context per
-      hook call, and the module's step methods keep their signatures, which Lightning re-reads every batch.
+      hook call, and the module's step methods keep their signatures, which Lightning re-reads every batch; the
+      per-batch collection of step-level logged values is skipped while none is logged with ``on_step=True``, and
+      a batch already on the device skips the transfer hooks the module does not override (``speed/loop.py``).
     - ``onednn_evaluation`` (off by default): validation, test and predict on CPU in float32 run an inference copy
       of the network in oneDNN's layout (``speed/onednn.py``), equal to ``forward`` to float32 rounding. Off, the
       reported metrics come from ``forward``, the network that was trained.
@@ -93,12 +95,13 @@ class Speed:
     def prepare_trainer(self, trainer):
         """Applies the loop tricks to a ``lightning.Trainer`` that has not run yet, in place."""
         if self.direct_step or self.lean_dispatch:
-            from .loop import use_direct_step, use_quiet_profiler
+            from .loop import use_direct_step, use_lean_step_bookkeeping, use_quiet_profiler
 
             if self.direct_step:
                 use_direct_step(trainer)
             if self.lean_dispatch:
                 use_quiet_profiler(trainer)
+                use_lean_step_bookkeeping(trainer)
         return trainer
 
     def evaluation_network(self, model, fallback: Callable | None = None) -> Callable | None:

@@ -11,8 +11,11 @@ strategy's context hold), ``zero_grad()``, ``loss.backward()``, ``optimizer.step
 counts (checkpoints and resumption see the same loop state). Otherwise Lightning's own path runs.
 
 ``lean_dispatch``: the trainer's default profiler, which records nothing, hands out one shared no-op context
-instead of a new generator-based one for each of the ~30 hook calls a step; and the step methods' signatures, which
-Lightning reads with ``inspect.getfullargspec`` on every batch, are computed once.
+instead of a new generator-based one for each of the ~30 hook calls a step; the step methods' signatures, which
+Lightning reads with ``inspect.getfullargspec`` on every batch, are computed once (and whether ``training_step``
+takes ``batch_idx`` is decided once per function); the logger connector's per-batch collection of step-level
+values is skipped while nothing is logged with ``on_step=True`` (it would collect nothing); and a batch already on
+the device skips the transfer hooks when the module overrides none of them (the default ones return it as it is).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
 _NOTHING = contextlib.nullcontext()
 # The hooks between ``training_step`` and the parameter update that the direct step does not call: it applies only
 # where each is the default, which does nothing (or, for the last four module hooks, what the direct step does).
 _CALLBACK_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
 _MODULE_HOOKS = (*_CALLBACK_HOOKS, "optimizer_zero_grad", "backward", "configure_gradient_clipping", "optimizer_step")
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
 
 
@@ -112,3 +117,62 @@ def use_quiet_profiler(trainer: L.Trainer) -> None:
     """Swaps the trainer's default profiler for ``QuietProfiler``; a profiler the caller chose is kept."""
     if type(trainer.profiler) is PassThroughProfiler:
         trainer.profiler = QuietProfiler()
+
+
+def use_lean_step_bookkeeping(trainer: L.Trainer) -> None:
+    """Gives ``trainer`` (before it has run) the per-batch shortcuts of ``lean_dispatch`` beyond the profiler; each
+    falls back to Lightning's own method whenever its condition does not hold."""
+    connector = trainer._logger_connector
+    on_batch_end, update_train_step_metrics = connector.on_batch_end, connector.update_train_step_metrics
+
+    def logs_on_step(results) -> bool:
+        return any(result.meta.on_step for result in results.values())
+
+    def lean_on_batch_end() -> None:
+        results = trainer._results
+        if logs_on_step(results):
+            return on_batch_end()
+        results.batch = results.batch_size = None  # what on_batch_end ends with
+
+    def lean_update_train_step_metrics() -> None:
+        if logs_on_step(trainer._results):  # else the step's "log" metrics are empty: log_metrics returns at once
+            update_train_step_metrics()
+
+    connector.on_batch_end, connector.update_train_step_metrics = lean_on_batch_end, lean_update_train_step_metrics
+
+    takes_batch_idx: dict = {}  # training_step function -> whether it takes batch_idx
+
+    def build_kwargs(kwargs, batch, batch_idx):
+        kwargs["batch"] = batch
+        step = trainer.lightning_module.training_step
+        function = getattr(step, "__func__", step)
+        if function not in takes_batch_idx:
+            takes_batch_idx[function] = is_param_in_hook_signature(step, "batch_idx", min_args=2)
+        if takes_batch_idx[function]:
+            kwargs["batch_idx"] = batch_idx
+        return kwargs
+
+    trainer.fit_loop.epoch_loop._build_kwargs = build_kwargs
+
+    strategy = trainer.strategy
+    if type(strategy) is SingleDeviceStrategy:
+        batch_to_device = strategy.batch_to_device
+        default_transfer: dict = {}  # module -> whether it overrides none of the transfer hooks
+
+        def lean_batch_to_device(batch, device=None, dataloader_idx=0):
+            module = strategy.lightning_module
+            if module is not None and module not in default_transfer:
+                default_transfer.clear()  # one module at a time: keep no reference to an earlier one
+                default_transfer[module] = not any(is_overridden(hook, module, L.LightningModule)
+                                                   for hook in _TRANSFER_HOOKS)
+            if module is not None and default_transfer[module] and _on_device(batch, device or strategy.root_device):
+                return batch
+            return batch_to_device(batch, device, dataloader_idx)
+
+        strategy.batch_to_device = lean_batch_to_device
+
+
+def _on_device(batch, device: torch.device) -> bool:
+    """Whether ``batch`` is a tensor, or a tuple/list of tensors, all on ``device`` (nothing to move)."""
+    parts = batch if type(batch) in (tuple, list) else (batch,)
+    return all(type(part) is torch.Tensor and part.device == device for part in parts)
