@@ -92,7 +92,7 @@ class DirectAutomaticOptimization(_AutomaticOptimization):
         with torch.enable_grad():  # as Lightning's closure, which the optimizer's step calls under no_grad
             output = call._call_strategy_hook(trainer, "training_step", *kwargs.values())
             trainer.strategy.post_training_step()
-            result = ClosureResult.from_training_step_output(output)
+            result = _closure_result(output)
             if result.closure_loss is None:
                 Closure.warning_cache.warn("`training_step` returned `None`. If this was on purpose, ignore this "
                                            "warning...")
@@ -105,6 +105,17 @@ class DirectAutomaticOptimization(_AutomaticOptimization):
         optimizer.step()
         progress.step.increment_completed()
         return {} if result.loss is None else result.asdict()
+
+
+def _closure_result(output) -> ClosureResult:
+    """``ClosureResult.from_training_step_output(output)`` for the direct step. A returned loss tensor skips the
+    division by ``accumulate_grad_batches`` (1 here: exact) and the copy kept safe from loss scaling (none in
+    32-bit): an operation, an autograd node and a copy a step."""
+    if type(output) is not torch.Tensor:
+        return ClosureResult.from_training_step_output(output)
+    result = ClosureResult(None)
+    result.closure_loss, result.loss = output, output.detach()
+    return result
 
 
 def use_direct_step(trainer: L.Trainer) -> None:
