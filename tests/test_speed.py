@@ -180,6 +180,24 @@ def test_lean_bookkeeping_steps_aside_for_step_logging_and_transfer_hooks(data_d
     _assert_same_training(*runs)
 
 
+def test_a_training_step_without_batch_idx_gets_none(data_dir):
+    """Whether ``training_step`` takes ``batch_idx`` is read once, from the method the module has."""
+    import lightning as L
+
+    from lightning_cnn.datamodule import InMemoryLoader
+    from lightning_cnn.run.training import make_trainer
+
+    class BatchOnly(KerasRecipeModule):
+        def training_step(self, batch):
+            return super().training_step(batch, None)
+
+    x, y = _real_batches(data_dir, n=64)
+    L.seed_everything(0, verbose=False)
+    trainer = make_trainer(accelerator="cpu", max_epochs=1, speed=Speed())
+    trainer.fit(BatchOnly("mnist_cnn_small", seed=0), train_dataloaders=InMemoryLoader(x, y, 32, shuffle=True))
+    assert trainer.global_step == 2
+
+
 def test_cached_step_signatures_are_the_methods_own():
     import inspect
 

@@ -133,6 +133,14 @@ def use_quiet_profiler(trainer: L.Trainer) -> None:
 def use_lean_step_bookkeeping(trainer: L.Trainer) -> None:
     """Gives ``trainer`` (before it has run) the per-batch shortcuts of ``lean_dispatch`` beyond the profiler; each
     falls back to Lightning's own method whenever its condition does not hold."""
+    _skip_empty_step_logging(trainer)
+    _decide_batch_idx_once(trainer)
+    if type(trainer.strategy) is SingleDeviceStrategy:
+        _skip_needless_transfer(trainer.strategy)
+
+
+def _skip_empty_step_logging(trainer: L.Trainer) -> None:
+    """The logger connector's per-batch collection of step-level values, only while something logs on_step."""
     connector = trainer._logger_connector
     on_batch_end, update_train_step_metrics = connector.on_batch_end, connector.update_train_step_metrics
 
@@ -151,6 +159,9 @@ def use_lean_step_bookkeeping(trainer: L.Trainer) -> None:
 
     connector.on_batch_end, connector.update_train_step_metrics = lean_on_batch_end, lean_update_train_step_metrics
 
+
+def _decide_batch_idx_once(trainer: L.Trainer) -> None:
+    """The fit loop's step arguments, reading ``training_step``'s signature once per function, not every batch."""
     takes_batch_idx: dict = {}  # training_step function -> whether it takes batch_idx
 
     def build_kwargs(kwargs, batch, batch_idx):
@@ -165,22 +176,23 @@ def use_lean_step_bookkeeping(trainer: L.Trainer) -> None:
 
     trainer.fit_loop.epoch_loop._build_kwargs = build_kwargs
 
-    strategy = trainer.strategy
-    if type(strategy) is SingleDeviceStrategy:
-        batch_to_device = strategy.batch_to_device
-        default_transfer: dict = {}  # module -> whether it overrides none of the transfer hooks
 
-        def lean_batch_to_device(batch, device=None, dataloader_idx=0):
-            module = strategy.lightning_module
-            if module is not None and module not in default_transfer:
-                default_transfer.clear()  # one module at a time: keep no reference to an earlier one
-                default_transfer[module] = not any(is_overridden(hook, module, L.LightningModule)
-                                                   for hook in _TRANSFER_HOOKS)
-            if module is not None and default_transfer[module] and _on_device(batch, device or strategy.root_device):
-                return batch
-            return batch_to_device(batch, device, dataloader_idx)
+def _skip_needless_transfer(strategy: SingleDeviceStrategy) -> None:
+    """A batch already on the device goes past the transfer hooks when the module overrides none of them."""
+    batch_to_device = strategy.batch_to_device
+    default_transfer: dict = {}  # module -> whether it overrides none of the transfer hooks
 
-        strategy.batch_to_device = lean_batch_to_device
+    def lean_batch_to_device(batch, device=None, dataloader_idx=0):
+        module = strategy.lightning_module
+        if module is not None and module not in default_transfer:
+            default_transfer.clear()  # one module at a time: keep no reference to an earlier one
+            default_transfer[module] = not any(is_overridden(hook, module, L.LightningModule)
+                                               for hook in _TRANSFER_HOOKS)
+        if module is not None and default_transfer[module] and _on_device(batch, device or strategy.root_device):
+            return batch
+        return batch_to_device(batch, device, dataloader_idx)
+
+    strategy.batch_to_device = lean_batch_to_device
 
 
 def _on_device(batch, device: torch.device) -> bool:
