@@ -135,7 +135,8 @@ def _conv_inputs_channels_last(model, *inputs) -> list:
 
 def test_twin_and_model_py_convolve_channels_last_memory(saved, tmp_path):
     """Given a contiguous NCHW image, the twin and model.py run their convolutions on NHWC memory (oneDNN's fast
-    path on CPU); a model with no 2-D convolution leaves its rank-4 input as it is."""
+    path on CPU), and ``Speed(channels_last=False)`` turns that off for a trained twin; a model with no 2-D
+    convolution leaves its rank-4 input as it is."""
     import importlib.util
 
     import torch
@@ -148,6 +149,17 @@ def test_twin_and_model_py_convolve_channels_last_memory(saved, tmp_path):
     for model in (lightning_cnn.load_converted(folder), source.load(folder)):
         assert _conv_inputs_channels_last(model, x) == [True, True]
         assert torch.equal(model(x), model(x.contiguous(memory_format=torch.channels_last)))
+
+    # the speed seam's switch: off, a trained twin runs in NCHW memory throughout, with the same outputs
+    from lightning_cnn.recipes.keras_compile import CompiledTwinModule, KerasCompile
+    from lightning_cnn.speed import Speed
+
+    twin = lightning_cnn.load_converted(folder)
+    expected = twin(x)
+    for speed, channels_last in ((Speed(channels_last=False), False), (Speed(), True)):
+        module = CompiledTwinModule(twin, KerasCompile(), speed=speed).eval()
+        assert _conv_inputs_channels_last(module, x) == [channels_last, channels_last]
+        assert torch.allclose(module(x), expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
 
     inputs = keras.Input((9, 9, 3), name="image")
     dense = keras.Model(inputs, layers.Dense(2, name="logits")(layers.Flatten(name="flatten")(inputs)))

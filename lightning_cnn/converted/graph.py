@@ -29,7 +29,7 @@ from .vocabulary import FUNCTIONS, HELPER_FUNCTIONS, METHODS, MODULES, is_ref, i
 
 FORMAT, VERSION = "lightning-cnn-graph", 2
 __all__ = ["FORMAT", "VERSION", "LAYOUT_RULE", "ConvertedModelError", "python_name", "check_graph", "build_twin",
-           "load_converted", "read_graph", "channels_last_inputs"]
+           "load_converted", "read_graph", "channels_last_inputs", "set_input_memory_format"]
 
 
 class ConvertedModelError(ValueError, UserError):
@@ -301,6 +301,21 @@ def channels_last_inputs(graph: dict) -> list:
     return [spec["name"] for spec in graph["inputs"] if len(spec["shape"]) == 4]
 
 
+_LAYOUT_SUFFIX = "_layout"  # the entry node of an input (a name no Keras value can take: it starts with "_")
+
+
+def set_input_memory_format(twin: fx.GraphModule, memory_format: torch.memory_format) -> None:
+    """Sets the memory format the twin puts its rank-4 inputs in on entry (``channels_last_inputs``; the speed
+    seam's ``channels_last`` switch): ``torch.contiguous_format`` runs it in NCHW memory throughout."""
+    entries = [node for node in twin.graph.nodes if node.op == "call_method" and node.target == "contiguous"
+               and node.name.startswith("_") and node.name.endswith(_LAYOUT_SUFFIX)
+               and node.args[0].op == "placeholder"]
+    for node in entries:
+        node.update_kwarg("memory_format", memory_format)
+    if entries:
+        twin.recompile()
+
+
 def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
     """The twin (randomly initialised) that ``graph`` describes; every field is checked first."""
     check_graph(graph, where)
@@ -319,7 +334,7 @@ def build_twin(graph: dict, where: str = "graph.json") -> fx.GraphModule:
     values = dict(placeholders)
     for name in channels_last_inputs(graph):
         values[name] = g.create_node("call_method", "contiguous", (values[name],),
-                                     {"memory_format": torch.channels_last}, name=f"_{name}_channels_last")
+                                     {"memory_format": torch.channels_last}, name=f"_{name}{_LAYOUT_SUFFIX}")
     for node in graph["nodes"]:
         reads = [values[v] for v in node["inputs"]]
         current = reads[0] if reads else None

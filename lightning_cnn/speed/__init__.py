@@ -22,7 +22,7 @@ class Speed:
       step (``speed/attributes.py``).
     - ``pool_before_activation``: ReLU after the max-pool that follows it, not before (``speed/pooling.py``).
     - ``channels_last``: networks with convolutions run in NHWC, Keras's own layout, where oneDNN and cuDNN pool
-      and convolve faster.
+      and convolve faster (a converted twin's entry layout too: off, it runs in NCHW memory throughout).
     - ``fused_optimizers``: torch's one-kernel Adam and SGD on CPU too (torch picks them by itself on CUDA only).
     - ``cpu_tuning``: on a CPU run, glibc keeps freed memory and torch checks for CUDA once
       (``speed/cpu_tuning.py``); put back when the run ends, by teardown or exception. Predictions on the CPU
@@ -73,9 +73,15 @@ class Speed:
         format its inputs should have (the layout trick alone, for networks the other tricks do not know)."""
         import torch
 
+        from torch import fx
+
         has_convolutions = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
         memory_format = torch.channels_last if self.channels_last and has_convolutions else torch.contiguous_format
         model.to(memory_format=memory_format)
+        if isinstance(model, fx.GraphModule):  # a converted twin also sets its inputs' layout on entry
+            from ..converted.graph import set_input_memory_format
+
+            set_input_memory_format(model, memory_format)
         return memory_format
 
     def prepare_module(self, module):
