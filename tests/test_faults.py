@@ -1074,8 +1074,12 @@ def test_two_nodes_with_torchrun_train_as_one_process_with_the_same_global_batch
     two = ["--batch-size", "16", "--num-nodes", "2", "--devices", "1", "--strategy", "ddp", "--out", tmp_path / "two"]
     runs = [[*node, "--node-rank", "0", script, *common, *two], [*node, "--node-rank", "1", script, *common, *two],
             [script, *common, "--batch-size", "32", "--out", tmp_path / "one"]]  # all three at once
+    # One torch thread each: three training processes beside the other pytest worker on 2 cores, with OpenMP
+    # threads spinning while a rank waits in a gloo collective for a peer that has no core, stalled both nodes past
+    # the timeout in 2 of ~10 CI runs (11 s when the machine is free).
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     processes = [subprocess.Popen([sys.executable, *map(str, run)], cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for run in runs]
+                                  stderr=subprocess.PIPE, text=True, env=env) for run in runs]
     try:
         errors = [process.communicate(timeout=300)[1] for process in processes]
     finally:
