@@ -72,7 +72,6 @@ class Speed:
         """Puts a network with 2-D convolutions channels-last when ``channels_last`` is on; returns the memory
         format its inputs should have (the layout trick alone, for networks the other tricks do not know)."""
         import torch
-
         from torch import fx
 
         has_convolutions = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())

@@ -182,13 +182,16 @@ def _skip_needless_transfer(strategy: SingleDeviceStrategy) -> None:
     batch_to_device = strategy.batch_to_device
     default_transfer: dict = {}  # module -> whether it overrides none of the transfer hooks
 
-    def lean_batch_to_device(batch, device=None, dataloader_idx=0):
-        module = strategy.lightning_module
-        if module is not None and module not in default_transfer:
+    def transfers_by_default(module) -> bool:
+        if module not in default_transfer:
             default_transfer.clear()  # one module at a time: keep no reference to an earlier one
             default_transfer[module] = not any(is_overridden(hook, module, L.LightningModule)
                                                for hook in _TRANSFER_HOOKS)
-        if module is not None and default_transfer[module] and _on_device(batch, device or strategy.root_device):
+        return default_transfer[module]
+
+    def lean_batch_to_device(batch, device=None, dataloader_idx=0):
+        module = strategy.lightning_module
+        if module is not None and transfers_by_default(module) and _on_device(batch, device or strategy.root_device):
             return batch
         return batch_to_device(batch, device, dataloader_idx)
 
